@@ -1,0 +1,400 @@
+//! Resolved policy → [`Ruleset`] for one `inet fwctl` table.
+//!
+//! Input: a [`Policy`] and the kernel's [`Capabilities`] (detected by `sys`).
+//! Output: sets, maps and chains whose per-packet cost is constant: a new
+//! connection goes through a fixed number of lookups (interface dispatch, source
+//! class, destination class, a few decision maps) whatever the size of the policy.
+//! Established/related traffic is accepted first; essential ICMP and loopback always.
+//! Must not: do I/O, or let rule order influence the result.
+
+pub mod decide;
+pub mod ir;
+pub mod nat;
+pub mod sim;
+
+use crate::model::{Action, DefaultVerdict, Offload, Policy, RuleId};
+use decide::{Decision, KeyKind, LOCAL, OTHER};
+use ir::*;
+
+/// What the running kernel can do (flowtable offload is optional in kernels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    pub flowtable: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CompileError {
+    /// `flowtable = "required"` on a kernel without flowtables.
+    FlowtableRequired,
+    /// A NAT conflict or limit (message says which).
+    Nat(String),
+    /// More address classes than the 24-bit class field holds.
+    TooManyClasses(usize),
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompileError::FlowtableRequired => write!(
+                f,
+                "firewall.offload.flowtable = \"required\", but this kernel has no flowtable support (NF_FLOW_TABLE); use \"auto\" to run without offload"
+            ),
+            CompileError::Nat(m) => write!(f, "{m}"),
+            CompileError::TooManyClasses(n) => write!(f, "the policy needs {n} address classes; at most 16777215 fit"),
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+pub const LOG_RATE: &str = "limit rate 10/second burst 20 packets";
+
+/// The whole compilation: decision structure plus its nft rendering.
+pub struct Compiled {
+    pub decision: Decision,
+    pub ruleset: Ruleset,
+}
+
+pub fn compile(p: &Policy, caps: Capabilities) -> Result<Compiled, CompileError> {
+    let decision = decide::build(p);
+    if decision.src_classes >= (1 << 24) || decision.dst_classes >= (1 << 24) {
+        return Err(CompileError::TooManyClasses(decision.src_classes.max(decision.dst_classes)));
+    }
+    let mut b = Builder { p, sets: vec![], chains: vec![], notes: vec![] };
+    let flowtable = b.flowtable(caps)?;
+    b.filter(&decision, flowtable.is_some());
+    nat::compile(p, &mut b.sets, &mut b.chains)?;
+    let mut rs = Ruleset { table: TABLE, sets: b.sets, chains: b.chains, flowtable, notes: b.notes, stats: Stats::default() };
+    rs.stats = Stats {
+        rules_compiled: p.rules.iter().filter(|r| r.active()).count(),
+        rules_expired: p.rules.iter().filter(|r| r.expired).count(),
+        src_classes: decision.src_classes,
+        dst_classes: decision.dst_classes,
+        decision_elements: decision.layers.iter().map(|l| l.len()).sum(),
+        kernel_rules: rs.kernel_rule_count(),
+        sets: rs.sets.len(),
+        elements: rs.sets.iter().map(|s| s.elements.len()).sum(),
+    };
+    Ok(Compiled { decision, ruleset: rs })
+}
+
+struct Builder<'a> {
+    p: &'a Policy,
+    sets: Vec<Set>,
+    chains: Vec<Chain>,
+    notes: Vec<String>,
+}
+
+fn chain(name: &str, comment: &str, rules: Vec<String>) -> Chain {
+    Chain { name: name.into(), base: None, comment: comment.into(), rules }
+}
+
+/// A rule name safe inside an nft string (names are validated, this is belt and braces).
+pub fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect()
+}
+
+fn comment_of(p: &Policy, rules: &[RuleId]) -> String {
+    let mut s = String::new();
+    for (i, &r) in rules.iter().enumerate() {
+        let name = clean(&p.rules[r].name);
+        if s.len() + name.len() + 1 > 120 {
+            s.push_str(&format!(" +{}", rules.len() - i));
+            break;
+        }
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&name);
+    }
+    s
+}
+
+impl Builder<'_> {
+    fn flowtable(&mut self, caps: Capabilities) -> Result<Option<Flowtable>, CompileError> {
+        let devices: Vec<String> = self.p.ifaces.iter().filter(|i| !i.vpn).map(|i| i.device.to_string()).collect();
+        match (self.p.offload, caps.flowtable) {
+            (Offload::Off, _) => Ok(None),
+            (Offload::Required, false) => Err(CompileError::FlowtableRequired),
+            (Offload::Auto, false) => {
+                self.notes.push("flowtable offload skipped: this kernel has no flowtable support (NF_FLOW_TABLE); established traffic is accepted by the forward chain instead".into());
+                Ok(None)
+            }
+            (_, true) if devices.is_empty() => {
+                self.notes.push("flowtable offload skipped: the policy declares no physical interface".into());
+                Ok(None)
+            }
+            (_, true) => Ok(Some(Flowtable { name: "ft".into(), devices })),
+        }
+    }
+
+    fn ctx_name(&self, ctx: u8) -> String {
+        match ctx {
+            LOCAL => "self".into(),
+            OTHER => "an undeclared interface".into(),
+            z => format!("zone {}", self.p.zones[(z - 3) as usize].name),
+        }
+    }
+
+    /// Class maps, deduplicated: contexts with the same classification share a map.
+    fn class_sets(&mut self, side: &str, maps: &[(u8, decide::ClassMap)]) -> Vec<(u8, String, String)> {
+        let mut out = vec![];
+        let mut seen: Vec<(&decide::ClassMap, String, String)> = vec![];
+        for (ctx, m) in maps {
+            if let Some((_, n4, n6)) = seen.iter().find(|(x, _, _)| *x == m) {
+                out.push((*ctx, n4.clone(), n6.clone()));
+                continue;
+            }
+            let k = seen.len();
+            let (n4, n6) = (format!("{side}4_{k}"), format!("{side}6_{k}"));
+            let who = if side == "src" { "source" } else { "destination" };
+            self.sets.push(Set {
+                name: n4.clone(),
+                key: vec![KeyType::Ipv4Addr],
+                data: Some(SetData::Mark),
+                interval: true,
+                counter: false,
+                comment: format!("IPv4 {who} address -> class"),
+                elements: m.v4.iter().map(|&(l, h, c)| Elem { key: vec![Val::V4(l, h)], data: Some(Val::Mark(c)), comment: None }).collect(),
+            });
+            self.sets.push(Set {
+                name: n6.clone(),
+                key: vec![KeyType::Ipv6Addr],
+                data: Some(SetData::Mark),
+                interval: true,
+                counter: false,
+                comment: format!("IPv6 {who} address -> class"),
+                elements: m.v6.iter().map(|&(l, h, c)| Elem { key: vec![Val::V6(l, h)], data: Some(Val::Mark(c)), comment: None }).collect(),
+            });
+            seen.push((m, n4.clone(), n6.clone()));
+            out.push((*ctx, n4, n6));
+        }
+        out
+    }
+
+    fn verdict_for(&mut self, action: Action, rules: &[RuleId]) -> Verdict {
+        if let Some(&r) = rules.iter().find(|&&r| self.p.rules[r].log) {
+            return Verdict::Goto(format!("log_{r}"));
+        }
+        match (action, self.p.default) {
+            (Action::Allow, _) => Verdict::Goto("allow".into()),
+            (Action::Deny, DefaultVerdict::Drop) => Verdict::Drop,
+            (Action::Deny, DefaultVerdict::Reject) => Verdict::Goto("refuse".into()),
+        }
+    }
+
+    fn decision_sets(&mut self, d: &Decision) -> Vec<String> {
+        let mut lookups = vec![];
+        for layer in &d.layers {
+            let name = layer.name();
+            let (sk, dk) = (layer.src.expect("set"), layer.dst.expect("set"));
+            let key_expr = |tail: &str| format!("meta mark & 0x{:08x} . ct mark & 0x{:08x} . {tail}", sk.mask(), dk.mask());
+            let action = layer.action();
+            let what = match action {
+                Action::Allow => "allow",
+                Action::Deny => "deny",
+            };
+            let kind = |k: KeyKind| match k {
+                KeyKind::Class => "address class",
+                KeyKind::Zone => "zone",
+            };
+            let comment = format!("{what} rules by source {} and destination {}", kind(sk), kind(dk));
+            let p = self.p;
+            let mk = |b: &mut Self, key: Vec<Val>, rules: &Vec<RuleId>| Elem {
+                key,
+                data: Some(Val::Verdict(b.verdict_for(action, rules))),
+                comment: Some(comment_of(p, rules)),
+            };
+            if !layer.exact.is_empty() {
+                let elements = layer.exact.iter().map(|((s, t, pr, po), rs)| mk(self, vec![Val::Mark(*s), Val::Mark(*t), Val::Proto(*pr), Val::Port(*po, *po)], rs)).collect();
+                self.sets.push(Set { name: name.clone(), key: vec![KeyType::Mark, KeyType::Mark, KeyType::InetProto, KeyType::InetService], data: Some(SetData::Verdict), interval: false, counter: true, comment: comment.clone(), elements });
+                lookups.push(format!("{} vmap @{name}", key_expr("meta l4proto . th dport")));
+            }
+            if !layer.ranges.is_empty() {
+                let n = format!("{name}_r");
+                let elements = layer.ranges.iter().map(|((s, t, pr, lo, hi), rs)| mk(self, vec![Val::Mark(*s), Val::Mark(*t), Val::Proto(*pr), Val::Port(*lo, *hi)], rs)).collect();
+                self.sets.push(Set { name: n.clone(), key: vec![KeyType::Mark, KeyType::Mark, KeyType::InetProto, KeyType::InetService], data: Some(SetData::Verdict), interval: true, counter: true, comment: format!("{comment} (port ranges)"), elements });
+                lookups.push(format!("{} vmap @{n}", key_expr("meta l4proto . th dport")));
+            }
+            if !layer.icmp4.is_empty() {
+                let n = format!("{name}_icmp");
+                let elements = layer.icmp4.iter().map(|((s, t, ty), rs)| mk(self, vec![Val::Mark(*s), Val::Mark(*t), Val::Icmp(*ty)], rs)).collect();
+                self.sets.push(Set { name: n.clone(), key: vec![KeyType::Mark, KeyType::Mark, KeyType::IcmpType], data: Some(SetData::Verdict), interval: false, counter: true, comment: format!("{comment} (ICMP)"), elements });
+                lookups.push(format!("{} vmap @{n}", key_expr("icmp type")));
+            }
+            if !layer.icmp6.is_empty() {
+                let n = format!("{name}_icmpv6");
+                let elements = layer.icmp6.iter().map(|((s, t, ty), rs)| mk(self, vec![Val::Mark(*s), Val::Mark(*t), Val::Icmp(*ty)], rs)).collect();
+                self.sets.push(Set { name: n.clone(), key: vec![KeyType::Mark, KeyType::Mark, KeyType::Icmpv6Type], data: Some(SetData::Verdict), interval: false, counter: true, comment: format!("{comment} (ICMPv6)"), elements });
+                lookups.push(format!("{} vmap @{n}", key_expr("icmpv6 type")));
+            }
+        }
+        lookups
+    }
+
+    fn dispatch_map(&mut self, name: &str, comment: &str, targets: Vec<(String, String)>) -> Option<String> {
+        if targets.is_empty() {
+            return None;
+        }
+        let elements = targets.into_iter().map(|(dev, chain)| Elem { key: vec![Val::Ifname(dev)], data: Some(Val::Verdict(Verdict::Goto(chain))), comment: None }).collect();
+        self.sets.push(Set { name: name.into(), key: vec![KeyType::Ifname], data: Some(SetData::Verdict), interval: false, counter: false, comment: comment.into(), elements });
+        Some(name.into())
+    }
+
+    fn filter(&mut self, d: &Decision, flowtable: bool) {
+        let p = self.p;
+        let (icmp4, icmp6) = crate::eval::essential_icmp_types();
+        self.sets.push(Set { name: "essential_icmp".into(), key: vec![KeyType::IcmpType], data: None, interval: false, counter: false, comment: "ICMP errors that are always accepted".into(), elements: icmp4.iter().map(|&t| Elem { key: vec![Val::Icmp(t)], data: None, comment: None }).collect() });
+        self.sets.push(Set { name: "essential_icmpv6".into(), key: vec![KeyType::Icmpv6Type], data: None, interval: false, counter: false, comment: "ICMPv6 errors and neighbour discovery, always accepted".into(), elements: icmp6.iter().map(|&t| Elem { key: vec![Val::Icmp(t)], data: None, comment: None }).collect() });
+        let src = self.class_sets("src", &d.src);
+        let dst = self.class_sets("dst", &d.dst);
+        let lookups = self.decision_sets(d);
+        let zone_bits = |ctx: u8| format!("0x{:08x}", u32::from(ctx) << 24);
+        let set_src = |ctx: u8| -> Vec<String> {
+            let (_, n4, n6) = src.iter().find(|x| x.0 == ctx).expect("context");
+            vec![format!("meta mark set ip saddr map @{n4}"), format!("meta mark set ip6 saddr map @{n6}"), format!("meta mark set meta mark | {}", zone_bits(ctx))]
+        };
+        let set_dst = |ctx: u8| -> Vec<String> {
+            let (_, n4, n6) = dst.iter().find(|x| x.0 == ctx).expect("context");
+            vec![format!("ct mark set ip daddr map @{n4}"), format!("ct mark set ip6 daddr map @{n6}"), format!("ct mark set ct mark | {}", zone_bits(ctx))]
+        };
+        let zone_ctxs: Vec<u8> = decide::contexts(p).into_iter().filter(|c| *c >= 3).collect();
+        let devs_of = |ctx: u8| -> Vec<String> { p.zones[(ctx - 3) as usize].ifaces.iter().map(|&i| p.ifaces[i].device.to_string()).collect() };
+
+        // The decision: deny layers, then allow layers; falling off the end returns.
+        self.chains.push(chain("decide", "new connections: deny maps first, then allow maps", lookups));
+        self.chains.push(chain("allow", "accept a new connection, clearing the classification marks", vec!["meta mark set 0x00000000 ct mark set 0x00000000 accept".into()]));
+        if p.default == DefaultVerdict::Reject {
+            self.chains.push(chain("refuse", "reject: TCP reset, ICMP administratively prohibited otherwise", vec!["meta l4proto tcp reject with tcp reset".into(), "reject with icmpx admin-prohibited".into()]));
+        }
+        let refuse = if p.default == DefaultVerdict::Reject { "goto refuse" } else { "drop" };
+        for (r, rule) in p.rules.iter().enumerate().filter(|(_, r)| r.log && r.active()) {
+            let (word, then) = match rule.action {
+                Action::Allow => ("allow", "goto allow"),
+                Action::Deny => ("deny", refuse),
+            };
+            let mut prefix = format!("fwctl {word} {}: ", clean(&rule.name));
+            while prefix.len() > 127 {
+                prefix.remove(prefix.len() - 3);
+            }
+            self.chains.push(chain(&format!("log_{r}"), &format!("rule {}", clean(&rule.name)), vec![format!("{LOG_RATE} log prefix \"{prefix}\" level info"), then.into()]));
+        }
+
+        // Input: source context by ingress interface, destination is the appliance.
+        let mut targets = vec![];
+        for &ctx in &zone_ctxs {
+            let name = format!("in_from_{}", ctx);
+            let mut rules = set_src(ctx);
+            rules.extend(set_dst(LOCAL));
+            rules.push("goto decide".into());
+            self.chains.push(chain(&name, &format!("input from {}", self.ctx_name(ctx)), rules));
+            targets.extend(devs_of(ctx).into_iter().map(|d| (d, name.clone())));
+        }
+        let mut rules = set_src(OTHER);
+        rules.extend(set_dst(LOCAL));
+        rules.push("goto decide".into());
+        self.chains.push(chain("in_from_other", "input from an undeclared interface", rules));
+        let mut classify = vec![];
+        if let Some(m) = self.dispatch_map("in_iif", "input: ingress device -> context", targets) {
+            classify.push(format!("iifname vmap @{m}"));
+        }
+        classify.push("goto in_from_other".into());
+        self.chains.push(chain("in_classify", "input: classify a new connection", classify));
+
+        // Forward: source context by ingress, destination context by egress.
+        let mut dst_targets = vec![];
+        for &ctx in &zone_ctxs {
+            let name = format!("fwd_to_{ctx}");
+            let mut rules = set_dst(ctx);
+            rules.push("goto decide".into());
+            self.chains.push(chain(&name, &format!("forward to {}", self.ctx_name(ctx)), rules));
+            dst_targets.extend(devs_of(ctx).into_iter().map(|d| (d, name.clone())));
+        }
+        let mut rules = set_dst(OTHER);
+        rules.push("goto decide".into());
+        self.chains.push(chain("fwd_to_other", "forward to an undeclared interface", rules));
+        let oif_map = self.dispatch_map("fwd_oif", "forward: egress device -> context", dst_targets.clone());
+        let mut src_targets = vec![];
+        for ctx in zone_ctxs.iter().copied().chain([OTHER]) {
+            let name = if ctx == OTHER { "fwd_from_other".to_string() } else { format!("fwd_from_{ctx}") };
+            let mut rules = set_src(ctx);
+            if let Some(m) = &oif_map {
+                rules.push(format!("oifname vmap @{m}"));
+            }
+            rules.push("goto fwd_to_other".into());
+            self.chains.push(chain(&name, &format!("forward from {}", self.ctx_name(ctx)), rules));
+            if ctx != OTHER {
+                src_targets.extend(devs_of(ctx).into_iter().map(|d| (d, name.clone())));
+            }
+        }
+        let mut classify = vec![];
+        if let Some(m) = self.dispatch_map("fwd_iif", "forward: ingress device -> context", src_targets) {
+            classify.push(format!("iifname vmap @{m}"));
+        }
+        classify.push("goto fwd_from_other".into());
+        self.chains.push(chain("fwd_classify", "forward: classify a new connection", classify));
+
+        // Output: only when some deny rule can match the appliance's own traffic.
+        if d.output_relevant {
+            let mut out_targets = vec![];
+            for &ctx in &zone_ctxs {
+                let name = format!("out_to_{ctx}");
+                let mut rules = set_dst(ctx);
+                rules.push("goto decide".into());
+                self.chains.push(chain(&name, &format!("output to {}", self.ctx_name(ctx)), rules));
+                out_targets.extend(devs_of(ctx).into_iter().map(|d| (d, name.clone())));
+            }
+            let mut rules = set_dst(OTHER);
+            rules.push("goto decide".into());
+            self.chains.push(chain("out_to_other", "output to an undeclared interface", rules));
+            let mut classify = set_src(LOCAL);
+            if let Some(m) = self.dispatch_map("out_oif", "output: egress device -> context", out_targets) {
+                classify.push(format!("oifname vmap @{m}"));
+            }
+            classify.push("goto out_to_other".into());
+            self.chains.push(chain("out_classify", "output: classify a new connection", classify));
+        }
+
+        // Base chains: policy accept with an explicit final verdict (no fail-open
+        // window while a transaction replaces the table).
+        let head = |lo: Option<&str>| -> Vec<String> {
+            let mut v = vec![];
+            if let Some(lo) = lo {
+                v.push(format!("{lo} \"lo\" accept"));
+            }
+            v.push("ct state vmap { established : accept, related : accept }".into());
+            v.push("meta l4proto icmp icmp type @essential_icmp accept".into());
+            v.push("meta l4proto ipv6-icmp icmpv6 type @essential_icmpv6 accept".into());
+            v.push("ct state invalid drop".into());
+            v
+        };
+        let default_tail = |hook: &str| -> Vec<String> {
+            let mut v = vec![];
+            let word = if p.default == DefaultVerdict::Reject { "reject" } else { "drop" };
+            if p.log_default {
+                v.push(format!("{LOG_RATE} log prefix \"fwctl {hook} default {word}: \" level info"));
+            }
+            v.push(format!("counter {refuse}"));
+            v
+        };
+        let mut input = head(Some("iifname"));
+        input.push("jump in_classify".into());
+        input.extend(default_tail("input"));
+        let mut forward = vec![];
+        if flowtable {
+            forward.push("ct state established meta l4proto { tcp, udp } flow add @ft".into());
+        }
+        forward.extend(head(None));
+        forward.push("jump fwd_classify".into());
+        forward.extend(default_tail("forward"));
+        let mut output = head(Some("oifname"));
+        if d.output_relevant {
+            output.push("jump out_classify".into());
+        }
+        output.push("meta mark set 0x00000000 ct mark set 0x00000000 counter accept".into());
+        let base = |hook: &'static str| Some(BaseChain { kind: "filter", hook, priority: "filter" });
+        self.chains.insert(0, Chain { name: "input".into(), base: base("input"), comment: "traffic to the appliance".into(), rules: input });
+        self.chains.insert(1, Chain { name: "forward".into(), base: base("forward"), comment: "traffic crossing the appliance".into(), rules: forward });
+        self.chains.insert(2, Chain { name: "output".into(), base: base("output"), comment: "traffic from the appliance".into(), rules: output });
+    }
+}

@@ -1,0 +1,22 @@
+//! fwctl: declarative firewall and VPN policy → nftables and WireGuard.
+//!
+//! The pipeline, one module per phase, each phase its own type:
+//! `policy` (TOML files → [`policy::raw::RawPolicy`], spans kept) →
+//! `model` (names resolved and validated → [`model::Policy`]) →
+//! `compile` (→ [`compile::Ruleset`], a constant-lookup decision structure) →
+//! `render` (→ nft text, JSON, human reports).
+//! `eval` is the reference evaluator of the contract's semantics: the oracle for
+//! the compiler and the engine of `explain` and policy tests. `diag` renders errors.
+//! Everything above is pure; `sys` is the only layer that touches the kernel,
+//! files or the clock, and `cli` wires commands to the pipeline.
+
+pub mod check;
+pub mod cli;
+pub mod compile;
+pub mod diag;
+pub mod eval;
+pub mod model;
+pub mod policy;
+pub mod render;
+pub mod sys;
+pub mod util;

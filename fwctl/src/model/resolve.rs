@@ -1,0 +1,1120 @@
+//! Raw policy → [`Policy`]: names resolved, values validated, errors collected.
+//!
+//! Input: a [`RawPolicy`] and today's date. Output: a [`Policy`] when there is no
+//! error, and every diagnostic found (independent errors are all reported).
+//! Must not: do I/O, read the clock, or stop at the first error.
+
+use super::addr::{parse_net, AddrSet, Net, NetError};
+use super::services::{builtin, Proto, ServiceSet, BUILTIN_NAMES};
+use super::*;
+use crate::diag::{suggest, Diagnostic, Span};
+use crate::policy::raw::*;
+use std::collections::{BTreeMap, HashMap};
+
+const RESERVED: [&str; 2] = ["self", "any"];
+
+pub fn resolve(raw: &RawPolicy, today: Date, diags: &mut Vec<Diagnostic>) -> Option<Policy> {
+    let before = diags.iter().filter(|d| d.is_error()).count();
+    let mut r = Resolver { raw, diags, zones: vec![], zone_ix: HashMap::new(), names: BTreeMap::new(), services: HashMap::new(), ifaces: vec![], iface_ix: HashMap::new(), group_memo: HashMap::new() };
+    r.version();
+    let fw = r.firewall_basics();
+    r.zones();
+    r.interfaces();
+    r.services();
+    r.hosts();
+    r.groups_declare();
+    let vpns = r.vpns();
+    r.groups_resolve();
+    let rules = r.rules(today);
+    let (dnat, snat) = r.nat();
+    let claimed = r.claimed(&rules, &dnat);
+    let mut policy = Policy {
+        name: fw.0,
+        default: fw.1,
+        log_default: fw.2,
+        offload: fw.3,
+        management: vec![],
+        ifaces: r.ifaces.clone(),
+        zones: r.zones.clone(),
+        names: r.names.clone(),
+        rules,
+        dnat,
+        snat,
+        vpns,
+        tests: vec![],
+    };
+    let ep = EndpointCtx { policy: &policy, claimed: &claimed };
+    let management = r.management(&ep);
+    let tests = r.tests(&ep);
+    policy.management = management;
+    policy.tests = tests;
+    let after = r.diags.iter().filter(|d| d.is_error()).count();
+    (after == before).then_some(policy)
+}
+
+struct Resolver<'a> {
+    raw: &'a RawPolicy,
+    diags: &'a mut Vec<Diagnostic>,
+    zones: Vec<Zone>,
+    zone_ix: HashMap<String, ZoneId>,
+    /// The address namespace: zones, hosts, groups, VPN peers.
+    names: BTreeMap<String, (Named, Span)>,
+    services: HashMap<String, (ServiceSet, Span)>,
+    ifaces: Vec<Iface>,
+    iface_ix: HashMap<String, IfaceId>,
+    group_memo: HashMap<String, Option<Side>>,
+}
+
+fn net_error(what: &str, s: &Sp<String>, e: NetError) -> Diagnostic {
+    match e {
+        NetError::Syntax => Diagnostic::error("invalid-address", format!("`{}` is not a valid {what}", s.v)).at(s.span, "not an address or CIDR"),
+        NetError::PrefixTooLong(max) => Diagnostic::error("invalid-address", format!("prefix length of `{}` exceeds {max}", s.v)).at(s.span, "prefix too long"),
+        NetError::HostBits(fixed) => Diagnostic::error("invalid-address", format!("`{}` has host bits set", s.v))
+            .at(s.span, format!("did you mean `{fixed}`?")),
+    }
+}
+
+impl Resolver<'_> {
+    fn err(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn version(&mut self) {
+        for v in &self.raw.version {
+            if v.v != 1 {
+                self.diags.push(Diagnostic::error("version", format!("unsupported policy version {}", v.v)).at(v.span, "only version 1 is supported"));
+            }
+        }
+    }
+
+    fn firewall_basics(&mut self) -> (String, DefaultVerdict, bool, Offload) {
+        let fw = &self.raw.firewall;
+        let name = fw.name.as_ref().map(|n| n.v.clone()).unwrap_or_else(|| "firewall".into());
+        if let Some(n) = &fw.name {
+            if n.v.is_empty() || n.v.chars().any(|c| c.is_control()) {
+                self.diags.push(Diagnostic::error("invalid-value", "firewall name must be non-empty printable text").at(n.span, "here"));
+            }
+        }
+        let default = match fw.default.as_ref().map(|d| (d.v.as_str(), d.span)) {
+            None | Some(("drop", _)) => DefaultVerdict::Drop,
+            Some(("reject", _)) => DefaultVerdict::Reject,
+            Some((other, span)) => {
+                self.diags.push(Diagnostic::error("invalid-value", format!("`firewall.default` must be \"drop\" or \"reject\", not \"{other}\"")).at(span, "expected \"drop\" or \"reject\""));
+                DefaultVerdict::Drop
+            }
+        };
+        let offload = match fw.flowtable.as_ref().map(|d| (d.v.as_str(), d.span)) {
+            None | Some(("auto", _)) => Offload::Auto,
+            Some(("off", _)) => Offload::Off,
+            Some(("required", _)) => Offload::Required,
+            Some((other, span)) => {
+                self.diags.push(Diagnostic::error("invalid-value", format!("`flowtable` must be \"auto\", \"off\" or \"required\", not \"{other}\"")).at(span, "expected \"auto\", \"off\" or \"required\""));
+                Offload::Auto
+            }
+        };
+        (name, default, fw.log_default.as_ref().is_some_and(|b| b.v), offload)
+    }
+
+    /// Register `name` in the address namespace, reporting clashes with both places.
+    fn declare(&mut self, name: &Sp<String>, what: Named) -> bool {
+        if RESERVED.contains(&name.v.as_str()) {
+            self.err(Diagnostic::error("reserved-name", format!("`{}` is a reserved name", name.v)).at(name.span, "reserved: choose another name"));
+            return false;
+        }
+        if !valid_name(&name.v) {
+            self.err(Diagnostic::error("invalid-name", format!("`{}` is not a valid name", name.v)).at(name.span, "names use letters, digits, '-', '_' and '.'"));
+            return false;
+        }
+        if let Some((_, first)) = self.names.get(&name.v) {
+            let first = *first;
+            self.err(Diagnostic::error("duplicate", format!("`{}` is defined twice", name.v)).at(name.span, "defined again here").also(first, "first defined here"));
+            return false;
+        }
+        self.names.insert(name.v.clone(), (what, name.span));
+        true
+    }
+
+    fn zones(&mut self) {
+        for z in &self.raw.zones {
+            let mut nets = None;
+            if let Some(list) = &z.networks {
+                let mut set = AddrSet::empty();
+                for n in list {
+                    match parse_net(&n.v) {
+                        Ok(net) => set.add_net(&net),
+                        Err(e) => self.diags.push(net_error("network", n, e)),
+                    }
+                }
+                nets = Some(set);
+            }
+            let id = self.zones.len();
+            if self.declare(&z.name, Named::Zone(id)) {
+                self.zones.push(Zone { name: z.name.v.clone(), ifaces: vec![], networks: nets, span: z.name.span });
+                self.zone_ix.insert(z.name.v.clone(), id);
+            }
+        }
+    }
+
+    fn zone_ref(&mut self, z: &Sp<String>, owner: &str) -> Option<ZoneId> {
+        if let Some(&id) = self.zone_ix.get(&z.v) {
+            return Some(id);
+        }
+        let mut d = Diagnostic::error("undefined", format!("{owner}: zone `{}` is not declared", z.v));
+        d = match suggest(&z.v, self.zone_ix.keys().map(|s| s.as_str())) {
+            Some(s) => d.at(z.span, format!("did you mean `{s}`?")),
+            None => d.at(z.span, "undeclared zone"),
+        };
+        self.err(d.note(format!("declare it with [zones.{}]", z.v)));
+        None
+    }
+
+    fn add_iface(&mut self, key: &str, dev: &Sp<String>, zone: ZoneId, vpn: bool) -> Option<IfaceId> {
+        let device = match IfName::new(&dev.v) {
+            Ok(d) => d,
+            Err(e) => {
+                self.err(Diagnostic::error("invalid-device", format!("invalid device name `{}`: {e}", dev.v)).at(dev.span, "invalid device name"));
+                return None;
+            }
+        };
+        if let Some(other) = self.ifaces.iter().find(|i| i.device == device) {
+            let msg = format!("device `{}` is used by both `{}` and `{key}`", dev.v, other.key);
+            self.err(Diagnostic::error("duplicate", msg).at(dev.span, "used again here"));
+            return None;
+        }
+        let id = self.ifaces.len();
+        self.ifaces.push(Iface { key: key.to_string(), device, zone, vpn });
+        self.zones[zone].ifaces.push(id);
+        Some(id)
+    }
+
+    fn interfaces(&mut self) {
+        for i in &self.raw.interfaces {
+            if let Some(prev) = self.iface_ix.get(&i.name.v) {
+                let _ = prev;
+                self.err(Diagnostic::error("duplicate", format!("interface `{}` is defined twice", i.name.v)).at(i.name.span, "defined again here"));
+                continue;
+            }
+            let owner = format!("interface `{}`", i.name.v);
+            let Some(dev) = &i.device else {
+                self.err(Diagnostic::error("missing-key", format!("{owner} has no `device`")).at(i.name.span, "add device = \"eth0\" (the kernel name)"));
+                continue;
+            };
+            let Some(z) = &i.zone else {
+                self.err(Diagnostic::error("missing-key", format!("{owner} has no `zone`")).at(i.name.span, "add zone = \"...\""));
+                continue;
+            };
+            let Some(zone) = self.zone_ref(z, &owner) else { continue };
+            if let Some(id) = self.add_iface(&i.name.v, dev, zone, false) {
+                self.iface_ix.insert(i.name.v.clone(), id);
+            }
+        }
+    }
+
+    fn services(&mut self) {
+        for s in &self.raw.services {
+            if builtin(&s.name.v).is_some() {
+                self.err(Diagnostic::error("builtin-redefined", format!("`{}` is a built-in service and cannot be redefined", s.name.v)).at(s.name.span, "choose another name"));
+                continue;
+            }
+            if let Some((_, first)) = self.services.get(&s.name.v) {
+                let first = *first;
+                self.err(Diagnostic::error("duplicate", format!("service `{}` is defined twice", s.name.v)).at(s.name.span, "defined again here").also(first, "first defined here"));
+                continue;
+            }
+            let mut set = ServiceSet::default();
+            let mut ok = true;
+            for (ports, slot) in [(&s.tcp, 0), (&s.udp, 1)] {
+                let mut rs = vec![];
+                for p in ports {
+                    match parse_port(&p.v) {
+                        Ok(r) => rs.push(r),
+                        Err(msg) => {
+                            ok = false;
+                            self.err(Diagnostic::error("invalid-port", msg).at(p.span, "ports are 1..=65535, as N or \"N-M\""));
+                        }
+                    }
+                }
+                let r = addr::Ranges::from_ranges(rs);
+                if slot == 0 { set.tcp = r } else { set.udp = r }
+            }
+            if ok && set.is_empty() {
+                self.err(Diagnostic::error("empty-service", format!("service `{}` lists no ports", s.name.v)).at(s.name.span, "add tcp = [...] and/or udp = [...]"));
+            }
+            self.services.insert(s.name.v.clone(), (set, s.name.span));
+        }
+    }
+
+    fn hosts(&mut self) {
+        for h in &self.raw.hosts {
+            let mut set = AddrSet::empty();
+            if h.addrs.is_empty() {
+                self.err(Diagnostic::error("invalid-address", format!("host `{}` has no address", h.name.v)).at(h.name.span, "add an address"));
+            }
+            for a in &h.addrs {
+                match a.v.parse::<IpAddr>() {
+                    Ok(ip) => set.add_net(&Net::addr(ip)),
+                    Err(_) => {
+                        let d = match parse_net(&a.v) {
+                            Ok(_) => Diagnostic::error("invalid-address", format!("host `{}` must be an address, not the network `{}`", h.name.v, a.v))
+                                .at(a.span, "a network: put it in [groups] or use it as a CIDR"),
+                            Err(e) => net_error("address", a, e),
+                        };
+                        self.err(d);
+                    }
+                }
+            }
+            self.declare(&h.name, Named::Host(set));
+        }
+    }
+
+    fn groups_declare(&mut self) {
+        for g in &self.raw.groups {
+            let members = g.members.iter().map(|m| m.v.clone()).collect();
+            self.declare(&g.name, Named::Group(Side::default(), members));
+        }
+    }
+
+    fn groups_resolve(&mut self) {
+        for g in &self.raw.groups {
+            if let Some(side) = self.group(&g.name.v, &mut vec![]) {
+                if let Some(entry) = self.names.get_mut(&g.name.v) {
+                    if let Named::Group(s, _) = &mut entry.0 {
+                        *s = side;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolve a group's members (memoised), detecting cycles.
+    fn group(&mut self, name: &str, stack: &mut Vec<String>) -> Option<Side> {
+        if let Some(m) = self.group_memo.get(name) {
+            return m.clone();
+        }
+        let raw = self.raw;
+        let g = raw.groups.iter().find(|g| g.name.v == name)?;
+        if let Some(pos) = stack.iter().position(|s| s == name) {
+            let cycle = stack[pos..].iter().chain(std::iter::once(&name.to_string())).cloned().collect::<Vec<_>>().join(" → ");
+            self.err(Diagnostic::error("group-cycle", format!("group `{name}` contains itself: {cycle}")).at(g.name.span, "cycle starts here"));
+            self.group_memo.insert(name.to_string(), None);
+            return None;
+        }
+        stack.push(name.to_string());
+        let mut side = Side::default();
+        let mut ok = true;
+        for m in &g.members {
+            if m.v == "any" || m.v == "self" {
+                self.err(Diagnostic::error("wrong-kind", format!("`{}` cannot be a group member", m.v)).at(m.span, "use it directly in the rule"));
+                ok = false;
+                continue;
+            }
+            match self.reference(m, stack) {
+                Some(s) => merge(&mut side, &s),
+                None => ok = false,
+            }
+        }
+        stack.pop();
+        let out = ok.then_some(side);
+        self.group_memo.insert(name.to_string(), out.clone());
+        out
+    }
+
+    /// One reference in a `from`/`to`/group: a name, `any`, `self`, an address or CIDR.
+    fn reference(&mut self, s: &Sp<String>, stack: &mut Vec<String>) -> Option<Side> {
+        match s.v.as_str() {
+            "any" => return Some(Side { any: true, ..Default::default() }),
+            "self" => return Some(Side { self_: true, ..Default::default() }),
+            _ => {}
+        }
+        if let Some((named, _)) = self.names.get(&s.v) {
+            return match named.clone() {
+                Named::Zone(z) => {
+                    let zone = &self.zones[z];
+                    if zone.ifaces.is_empty() {
+                        Some(Side { addrs: zone.networks.clone().unwrap_or_default(), ..Default::default() })
+                    } else {
+                        Some(Side { zones: vec![z], ..Default::default() })
+                    }
+                }
+                Named::Host(a) | Named::Peer(a) => Some(Side { addrs: a, ..Default::default() }),
+                Named::Group(..) => self.group(&s.v.clone(), stack),
+            };
+        }
+        let looks_like_addr = s.v.contains(':') || s.v.chars().next().is_some_and(|c| c.is_ascii_digit());
+        if looks_like_addr {
+            return match parse_net(&s.v) {
+                Ok(n) => {
+                    let mut a = AddrSet::empty();
+                    a.add_net(&n);
+                    Some(Side { addrs: a, ..Default::default() })
+                }
+                Err(e) => {
+                    self.err(net_error("address or CIDR", s, e));
+                    None
+                }
+            };
+        }
+        let d = if self.services.contains_key(&s.v) || builtin(&s.v).is_some() {
+            Diagnostic::error("wrong-kind", format!("`{}` is a service, not a zone, group, host or address", s.v)).at(s.span, "a service here")
+        } else if self.iface_ix.contains_key(&s.v) {
+            Diagnostic::error("wrong-kind", format!("`{}` is an interface; rules refer to its zone", s.v)).at(s.span, "an interface here")
+        } else {
+            let names = self.names.keys().map(|k| k.as_str()).chain(RESERVED);
+            match suggest(&s.v, names) {
+                Some(c) => Diagnostic::error("undefined", format!("`{}` is not defined", s.v)).at(s.span, format!("did you mean `{c}`?")),
+                None => Diagnostic::error("undefined", format!("`{}` is not defined", s.v)).at(s.span, "not a zone, group, host, peer, address or CIDR"),
+            }
+        };
+        self.err(d);
+        None
+    }
+
+    fn side(&mut self, refs: &Refs) -> Option<Side> {
+        if refs.v.is_empty() {
+            self.err(Diagnostic::error("empty-list", "an empty list matches nothing").at(refs.span, "name at least one zone, group, host or address"));
+            return None;
+        }
+        let mut side = Side::default();
+        let mut ok = true;
+        for r in &refs.v {
+            match self.reference(r, &mut vec![]) {
+                Some(s) => merge(&mut side, &s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(side)
+    }
+
+    fn service_set(&mut self, refs: &Refs) -> Option<ServiceSet> {
+        if refs.v.is_empty() {
+            self.err(Diagnostic::error("empty-list", "an empty service list matches nothing").at(refs.span, "name at least one service"));
+            return None;
+        }
+        let mut set = ServiceSet::default();
+        let mut ok = true;
+        for r in &refs.v {
+            match self.service(r) {
+                Some(s) => set = set.union(&s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(set)
+    }
+
+    fn service(&mut self, r: &Sp<String>) -> Option<ServiceSet> {
+        if let Some(s) = builtin(&r.v) {
+            return Some(s);
+        }
+        if let Some((s, _)) = self.services.get(&r.v) {
+            return Some(s.clone());
+        }
+        let d = if self.names.contains_key(&r.v) {
+            Diagnostic::error("wrong-kind", format!("`{}` is not a service (it is a zone, host, group or peer)", r.v)).at(r.span, "expected a service")
+        } else {
+            let all = BUILTIN_NAMES.iter().copied().chain(self.services.keys().map(|k| k.as_str()));
+            match suggest(&r.v, all) {
+                Some(c) => Diagnostic::error("undefined", format!("service `{}` is not defined", r.v)).at(r.span, format!("did you mean `{c}`?")),
+                None => Diagnostic::error("undefined", format!("service `{}` is not defined", r.v)).at(r.span, "unknown service").note("define it under [services], e.g. name = { tcp = [8443] }"),
+            }
+        };
+        self.err(d);
+        None
+    }
+
+    fn rules(&mut self, today: Date) -> Vec<Rule> {
+        let mut out = vec![];
+        let mut seen: HashMap<String, Span> = HashMap::new();
+        let raw = self.raw;
+        for rr in &raw.rules {
+            let Some(name) = &rr.name else {
+                self.err(Diagnostic::error("missing-key", "a rule has no `name`").at(rr.span, "add name = \"...\""));
+                continue;
+            };
+            if let Some(first) = seen.get(&name.v) {
+                let first = *first;
+                self.err(Diagnostic::error("duplicate", format!("rule `{}` is defined twice", name.v)).at(name.span, "defined again here").also(first, "first defined here"));
+                continue;
+            }
+            seen.insert(name.v.clone(), name.span);
+            if name.v.is_empty() || name.v.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+                self.err(Diagnostic::error("invalid-name", format!("rule name `{}` may not be empty or contain quotes, backslashes or control characters", name.v)).at(name.span, "invalid rule name"));
+                continue;
+            }
+            let (action, svc_refs) = match (&rr.allow, &rr.deny) {
+                (Some(a), None) => (Action::Allow, a),
+                (None, Some(d)) => (Action::Deny, d),
+                (Some(_), Some(d)) => {
+                    self.err(Diagnostic::error("allow-and-deny", format!("rule `{}` has both `allow` and `deny`", name.v)).at(d.span, "remove one: a rule either allows or denies"));
+                    continue;
+                }
+                (None, None) => {
+                    self.err(Diagnostic::error("missing-key", format!("rule `{}` has neither `allow` nor `deny`", name.v)).at(name.span, "add allow = [...] or deny = [...]"));
+                    continue;
+                }
+            };
+            let from = match &rr.from {
+                Some(f) => self.side(f),
+                None => {
+                    self.err(Diagnostic::error("missing-key", format!("rule `{}` has no `from`", name.v)).at(name.span, "add from = \"...\""));
+                    None
+                }
+            };
+            let to = match &rr.to {
+                Some(t) => self.side(t),
+                None => {
+                    self.err(Diagnostic::error("missing-key", format!("rule `{}` has no `to`", name.v)).at(name.span, "add to = \"...\""));
+                    None
+                }
+            };
+            let services = self.service_set(svc_refs);
+            let (Some(from), Some(to), Some(services)) = (from, to, services) else { continue };
+            let expires = rr.expires.as_ref().map(|e| e.v);
+            out.push(Rule {
+                name: name.v.clone(),
+                span: name.span,
+                from,
+                to,
+                services,
+                action,
+                log: rr.log.as_ref().is_some_and(|l| l.v),
+                expires,
+                expired: expires.is_some_and(|e| today > e),
+                comment: rr.comment.as_ref().map(|c| c.v.clone()),
+                owner: rr.owner.as_ref().map(|c| c.v.clone()),
+                from_text: rr.from.as_ref().map(|f| f.v.iter().map(|s| s.v.clone()).collect()).unwrap_or_default(),
+                to_text: rr.to.as_ref().map(|f| f.v.iter().map(|s| s.v.clone()).collect()).unwrap_or_default(),
+                service_text: svc_refs.v.iter().map(|s| s.v.clone()).collect(),
+            });
+        }
+        out
+    }
+
+    fn iface_ref(&mut self, s: &Sp<String>, owner: &str) -> Option<IfaceId> {
+        if let Some(&i) = self.iface_ix.get(&s.v) {
+            return Some(i);
+        }
+        if let Some(i) = self.ifaces.iter().position(|i| i.device.as_str() == s.v && i.vpn) {
+            return Some(i);
+        }
+        let d = if let Some(i) = self.ifaces.iter().find(|i| i.device.as_str() == s.v) {
+            Diagnostic::error("wrong-kind", format!("{owner}: `{}` is a device name; use the interface key", s.v)).at(s.span, format!("did you mean `{}`?", i.key))
+        } else {
+            let keys = self.iface_ix.keys().map(|k| k.as_str());
+            match suggest(&s.v, keys) {
+                Some(c) => Diagnostic::error("undefined", format!("{owner}: interface `{}` is not defined", s.v)).at(s.span, format!("did you mean `{c}`?")),
+                None => Diagnostic::error("undefined", format!("{owner}: interface `{}` is not defined", s.v)).at(s.span, "not an [interfaces] key"),
+            }
+        };
+        self.err(d);
+        None
+    }
+
+    fn nat(&mut self) -> (Vec<Dnat>, Vec<Snat>) {
+        let raw = self.raw;
+        let mut dnat = vec![];
+        let mut names: HashMap<String, Span> = HashMap::new();
+        for (n, f) in raw.dnat.iter().enumerate() {
+            let name = f.name.as_ref().map(|s| s.v.clone()).unwrap_or_else(|| format!("forward-{}", n + 1));
+            if let Some(s) = &f.name {
+                if let Some(first) = names.insert(s.v.clone(), s.span) {
+                    self.err(Diagnostic::error("duplicate", format!("port forward `{}` is defined twice", s.v)).at(s.span, "defined again here").also(first, "first defined here"));
+                }
+            }
+            let owner = format!("port forward `{name}`");
+            let iface = match &f.on {
+                Some(o) => self.iface_ref(o, &owner),
+                None => {
+                    self.err(Diagnostic::error("missing-key", format!("{owner} has no `on`")).at(f.span, "add on = \"wan\" (an [interfaces] key)"));
+                    None
+                }
+            };
+            let destination = f.destination.as_ref().and_then(|d| match d.v.parse::<IpAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.err(Diagnostic::error("invalid-address", format!("`{}` is not an address", d.v)).at(d.span, "expected one address"));
+                    None
+                }
+            });
+            let services = match &f.service {
+                Some(s) => self.service(s),
+                None => {
+                    self.err(Diagnostic::error("missing-key", format!("{owner} has no `service`")).at(f.span, "add service = \"https\""));
+                    None
+                }
+            };
+            if let (Some(svc), Some(s)) = (&services, &f.service) {
+                if svc.tcp.is_empty() && svc.udp.is_empty() {
+                    self.err(Diagnostic::error("invalid-value", format!("{owner}: service `{}` has no TCP or UDP port to forward", s.v)).at(s.span, "not a port-based service"));
+                }
+            }
+            let to_port = f.to_port.as_ref().and_then(|p| match u16::try_from(p.v) {
+                Ok(v) if v > 0 => Some(v),
+                _ => {
+                    self.err(Diagnostic::error("invalid-port", format!("to_port {} is out of range", p.v)).at(p.span, "ports are 1..=65535"));
+                    None
+                }
+            });
+            if let (Some(_), Some(svc), Some(tp)) = (to_port, &services, &f.to_port) {
+                let count: u32 = svc.tcp.ranges().iter().chain(svc.udp.ranges()).map(|(a, b)| u32::from(b - a) + 1).sum();
+                let single_port = svc.tcp.ranges().iter().chain(svc.udp.ranges()).all(|(a, b)| a == b) && {
+                    let mut ports: Vec<u16> = svc.tcp.ranges().iter().chain(svc.udp.ranges()).map(|r| r.0).collect();
+                    ports.dedup();
+                    ports.len() == 1
+                };
+                if count > 1 && !single_port {
+                    self.err(Diagnostic::error("invalid-value", format!("{owner}: `to_port` needs a service with a single port")).at(tp.span, "the service has several ports"));
+                }
+            }
+            let (mut to_v4, mut to_v6, mut to_text) = (None, None, String::new());
+            match &f.to {
+                None => self.err(Diagnostic::error("missing-key", format!("{owner} has no `to`")).at(f.span, "add to = \"host\" (a host or an address)")),
+                Some(t) => {
+                    to_text = t.v.clone();
+                    let addrs: Option<Vec<IpAddr>> = match self.names.get(&t.v) {
+                        Some((Named::Host(a), _)) => {
+                            let mut v = vec![];
+                            v.extend(a.v4.ranges().iter().flat_map(|&(l, h)| (l..=h).take(2).map(|x| IpAddr::V4(x.into()))));
+                            v.extend(a.v6.ranges().iter().flat_map(|&(l, h)| (l..=h).take(2).map(|x| IpAddr::V6(x.into()))));
+                            Some(v)
+                        }
+                        Some(_) => {
+                            self.err(Diagnostic::error("wrong-kind", format!("{owner}: `to` must be a host or an address; `{}` is not a host", t.v)).at(t.span, "expected a host"));
+                            None
+                        }
+                        None => match t.v.parse::<IpAddr>() {
+                            Ok(a) => Some(vec![a]),
+                            Err(_) => {
+                                let hosts = self.names.iter().filter(|(_, (n, _))| matches!(n, Named::Host(_))).map(|(k, _)| k.as_str());
+                                let label = match suggest(&t.v, hosts) {
+                                    Some(c) => format!("did you mean `{c}`?"),
+                                    None => "not a host or address".into(),
+                                };
+                                self.err(Diagnostic::error("undefined", format!("{owner}: `{}` is not defined", t.v)).at(t.span, label));
+                                None
+                            }
+                        },
+                    };
+                    if let Some(addrs) = addrs {
+                        for a in addrs {
+                            match a {
+                                IpAddr::V4(v) if to_v4.is_none() => to_v4 = Some(v),
+                                IpAddr::V6(v) if to_v6.is_none() => to_v6 = Some(v),
+                                _ => self.err(Diagnostic::error("ambiguous", format!("{owner}: host `{}` has several addresses of one family", t.v)).at(t.span, "a port forward needs one target address per family")),
+                            }
+                        }
+                    }
+                    if let Some(d) = destination {
+                        let ok = if d.is_ipv4() { to_v4.is_some() } else { to_v6.is_some() };
+                        if !ok && (to_v4.is_some() || to_v6.is_some()) {
+                            self.err(Diagnostic::error("family-mismatch", format!("{owner}: destination {d} and target `{}` have no address family in common", t.v)).at(t.span, "no address of the destination's family"));
+                        }
+                    }
+                }
+            }
+            if let (Some(iface), Some(services)) = (iface, services) {
+                dnat.push(Dnat { name, span: f.span, iface, destination, service_text: f.service.as_ref().map(|s| s.v.clone()).unwrap_or_default(), services, to_v4, to_v6, to_text, to_port });
+            }
+        }
+        let mut snat = vec![];
+        let entries: Vec<(Span, &Option<Refs>, &Option<Sp<String>>, Option<&Sp<String>>, &str)> = raw
+            .masquerade
+            .iter()
+            .map(|m| (m.span, &m.from, &m.out, None, "masquerade"))
+            .chain(raw.snat.iter().map(|s| (s.span, &s.from, &s.out, s.to.as_ref(), "snat")))
+            .collect();
+        for (span, from, out, to, kind) in entries {
+            let owner = format!("a {kind} rule");
+            let Some(from_refs) = from else {
+                self.err(Diagnostic::error("missing-key", format!("{owner} has no `from`")).at(span, "add from = \"...\""));
+                continue;
+            };
+            let Some(out_ref) = out else {
+                self.err(Diagnostic::error("missing-key", format!("{owner} has no `out`")).at(span, "add out = \"wan\" (an [interfaces] key)"));
+                continue;
+            };
+            let side = self.side(from_refs);
+            let out_if = self.iface_ref(out_ref, &owner);
+            let to_addr = match (kind, to) {
+                ("snat", None) => {
+                    self.err(Diagnostic::error("missing-key", "an snat rule has no `to`").at(span, "add to = \"203.0.113.10\""));
+                    continue;
+                }
+                (_, Some(t)) => match t.v.parse::<IpAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        self.err(Diagnostic::error("invalid-address", format!("`{}` is not an address", t.v)).at(t.span, "expected one address"));
+                        continue;
+                    }
+                },
+                _ => None,
+            };
+            if let (Some(from), Some(out)) = (side, out_if) {
+                snat.push(Snat { span, from, from_text: from_refs.v.iter().map(|s| s.v.clone()).collect(), out, to: to_addr });
+            }
+        }
+        (dnat, snat)
+    }
+
+    fn vpns(&mut self) -> Vec<Vpn> {
+        let raw = self.raw;
+        let mut out = vec![];
+        let mut seen_ports: HashMap<i64, String> = HashMap::new();
+        for v in &raw.vpns {
+            let owner = format!("vpn `{}`", v.name.v);
+            let Some(z) = &v.zone else {
+                self.err(Diagnostic::error("missing-key", format!("{owner} has no `zone`")).at(v.name.span, "add zone = \"admins\""));
+                continue;
+            };
+            let Some(zone) = self.zone_ref(z, &owner) else { continue };
+            let Some(iface) = self.add_iface(&v.name.v, &v.name, zone, true) else { continue };
+            let listen_port = match &v.listen_port {
+                Some(p) => match u16::try_from(p.v) {
+                    Ok(x) if x > 0 => {
+                        if let Some(other) = seen_ports.insert(p.v, v.name.v.clone()) {
+                            self.err(Diagnostic::error("duplicate", format!("listen_port {} is used by vpn `{other}` too", p.v)).at(p.span, "port already used"));
+                        }
+                        x
+                    }
+                    _ => {
+                        self.err(Diagnostic::error("invalid-port", format!("listen_port {} is out of range", p.v)).at(p.span, "ports are 1..=65535"));
+                        continue;
+                    }
+                },
+                None => 51820,
+            };
+            let mut addresses = vec![];
+            for a in &v.addresses {
+                match parse_if_addr(&a.v) {
+                    Some(x) => addresses.push(x),
+                    None => self.err(Diagnostic::error("invalid-address", format!("`{}` is not an interface address", a.v)).at(a.span, "expected ADDRESS/PREFIX, e.g. 10.200.0.1/24")),
+                }
+            }
+            let mtu = v.mtu.as_ref().and_then(|m| match u16::try_from(m.v) {
+                Ok(x) if (1280..=9000).contains(&x) => Some(x),
+                _ => {
+                    self.err(Diagnostic::error("invalid-value", format!("mtu {} is out of range", m.v)).at(m.span, "expected 1280..=9000"));
+                    None
+                }
+            });
+            let Some(pk) = &v.private_key_file else {
+                self.err(Diagnostic::error("missing-key", format!("{owner} has no `private_key_file`")).at(v.name.span, "add private_key_file = \"/etc/fwctl/keys/NAME.key\""));
+                continue;
+            };
+            let mut peers = vec![];
+            let mut peer_keys: HashMap<[u8; 32], Span> = HashMap::new();
+            for p in &v.peers {
+                let Some(pname) = &p.name else {
+                    self.err(Diagnostic::error("missing-key", "a peer has no `name`").at(p.span, "add name = \"...\""));
+                    continue;
+                };
+                let full = Sp::new(format!("{}.{}", v.name.v, pname.v), pname.span);
+                let key = match &p.public_key {
+                    None => {
+                        self.err(Diagnostic::error("missing-key", format!("peer `{}` has no `public_key`", full.v)).at(pname.span, "add public_key = \"...\""));
+                        continue;
+                    }
+                    Some(k) => match crate::util::base64_decode(&k.v).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                        Some(b) => {
+                            if let Some(first) = peer_keys.insert(b, k.span) {
+                                self.err(Diagnostic::error("duplicate", format!("peer `{}` reuses another peer's public key", full.v)).at(k.span, "same key again").also(first, "first used here"));
+                            }
+                            PublicKey(b)
+                        }
+                        None => {
+                            self.err(Diagnostic::error("invalid-key", format!("public_key of peer `{}` is not a WireGuard key", full.v)).at(k.span, "expected 44 characters of base64 (32 bytes)"));
+                            continue;
+                        }
+                    },
+                };
+                let mut allowed = vec![];
+                let mut set = AddrSet::empty();
+                for a in &p.allowed_ips {
+                    match parse_net(&a.v) {
+                        Ok(n) => {
+                            set.add_net(&n);
+                            allowed.push(n);
+                        }
+                        Err(e) => self.err(net_error("allowed IP", a, e)),
+                    }
+                }
+                if p.allowed_ips.is_empty() {
+                    self.err(Diagnostic::error("missing-key", format!("peer `{}` has no `allowed_ips`", full.v)).at(pname.span, "add allowed_ips = [\"10.200.0.2/32\"]"));
+                }
+                if let Some(e) = &p.endpoint {
+                    if !valid_endpoint(&e.v) {
+                        self.err(Diagnostic::error("invalid-value", format!("endpoint `{}` is not HOST:PORT", e.v)).at(e.span, "expected e.g. 198.51.100.7:51820 or [2001:db8::1]:51820"));
+                    }
+                }
+                let keepalive = p.keepalive.as_ref().and_then(|k| match u16::try_from(k.v) {
+                    Ok(x) => Some(x),
+                    Err(_) => {
+                        self.err(Diagnostic::error("invalid-value", format!("keepalive {} is out of range", k.v)).at(k.span, "seconds, 0..=65535"));
+                        None
+                    }
+                });
+                self.declare(&full, Named::Peer(set));
+                peers.push(Peer {
+                    name: pname.v.clone(),
+                    span: p.span,
+                    public_key: key,
+                    allowed_ips: allowed,
+                    endpoint: p.endpoint.as_ref().map(|e| e.v.clone()),
+                    keepalive,
+                    preshared_key_file: p.preshared_key_file.as_ref().map(|e| e.v.clone()),
+                });
+            }
+            // Peers' allowed IPs must not overlap: WireGuard routes by them.
+            for i in 0..peers.len() {
+                for j in i + 1..peers.len() {
+                    let a = AddrSet::of(&peers[i].allowed_ips);
+                    let b = AddrSet::of(&peers[j].allowed_ips);
+                    if !a.intersect(&b).is_empty() {
+                        self.err(Diagnostic::error("overlap", format!("peers `{}` and `{}` of {owner} have overlapping allowed_ips", peers[i].name, peers[j].name)).at(peers[j].span, "overlaps").also(peers[i].span, "with this peer"));
+                    }
+                }
+            }
+            out.push(Vpn {
+                name: IfName::new(&v.name.v).expect("validated by add_iface"),
+                span: v.name.span,
+                zone,
+                iface,
+                listen_port,
+                addresses,
+                private_key_file: pk.v.clone(),
+                mtu,
+                peers,
+            });
+        }
+        out
+    }
+
+    /// Every address the policy names: a "random internet address" must avoid them.
+    fn claimed(&self, rules: &[Rule], dnat: &[Dnat]) -> AddrSet {
+        let mut c = AddrSet::empty();
+        for z in &self.zones {
+            if let Some(n) = &z.networks {
+                c = c.union(n);
+            }
+        }
+        for (n, _) in self.names.values() {
+            match n {
+                Named::Host(a) | Named::Peer(a) => c = c.union(a),
+                Named::Group(s, _) => c = c.union(&s.addrs),
+                Named::Zone(_) => {}
+            }
+        }
+        for r in rules {
+            if !r.from.addrs.is_full() {
+                c = c.union(&r.from.addrs);
+            }
+            if !r.to.addrs.is_full() {
+                c = c.union(&r.to.addrs);
+            }
+        }
+        for d in dnat {
+            if let Some(a) = d.destination {
+                c.add_net(&Net::addr(a));
+            }
+        }
+        c
+    }
+
+    fn flow(&mut self, ep: &EndpointCtx, span: Span, from: &Sp<String>, to: &Sp<String>, probes: Vec<(Proto, u16)>, service_text: String) -> Option<Flow> {
+        let f = self.endpoint(ep, from);
+        let t = self.endpoint(ep, to);
+        Some(Flow { span, from: f?, to: t?, probes, service_text })
+    }
+
+    fn endpoint(&mut self, ep: &EndpointCtx, s: &Sp<String>) -> Option<Endpoint> {
+        match ep.endpoint(&s.v) {
+            Ok(e) => Some(e),
+            Err(msg) => {
+                let names = ep.policy.names.keys().map(|k| k.as_str()).chain(RESERVED);
+                let d = Diagnostic::error("undefined", msg);
+                self.err(match suggest(&s.v, names) {
+                    Some(c) => d.at(s.span, format!("did you mean `{c}`?")),
+                    None => d.at(s.span, "not a zone, group, host, peer, address or CIDR"),
+                });
+                None
+            }
+        }
+    }
+
+    fn management(&mut self, ep: &EndpointCtx) -> Vec<Flow> {
+        let raw = self.raw;
+        let mut out = vec![];
+        for m in &raw.firewall.management {
+            let (Some(from), Some(to), Some(svc)) = (&m.from, &m.to, &m.service) else {
+                self.err(Diagnostic::error("missing-key", "a management flow needs `from`, `to` and `service`").at(m.span, "incomplete"));
+                continue;
+            };
+            let Some(set) = self.service(svc) else { continue };
+            for f in &from.v {
+                for t in &to.v {
+                    if let Some(flow) = self.flow(ep, m.span, f, t, set.representatives(), svc.v.clone()) {
+                        out.push(flow);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn tests(&mut self, ep: &EndpointCtx) -> Vec<Test> {
+        let raw = self.raw;
+        let mut out = vec![];
+        for t in &raw.tests {
+            let (Some(from), Some(to)) = (&t.from, &t.to) else {
+                self.err(Diagnostic::error("missing-key", "a test needs `from` and `to`").at(t.span, "incomplete test"));
+                continue;
+            };
+            let expect = match t.expect.as_ref().map(|e| (e.v.as_str(), e.span)) {
+                Some(("allow", _)) => Expect::Allow,
+                Some(("deny", _)) => Expect::Deny,
+                Some((other, span)) => {
+                    self.err(Diagnostic::error("invalid-value", format!("`expect` must be \"allow\" or \"deny\", not \"{other}\"")).at(span, "expected \"allow\" or \"deny\""));
+                    continue;
+                }
+                None => {
+                    self.err(Diagnostic::error("missing-key", "a test has no `expect`").at(t.span, "add expect = \"allow\" or \"deny\""));
+                    continue;
+                }
+            };
+            let (probes, text) = match (&t.service, &t.proto, &t.port) {
+                (Some(s), None, None) => match self.service(s) {
+                    Some(set) => (set.representatives(), s.v.clone()),
+                    None => continue,
+                },
+                (None, Some(p), port) => {
+                    let Some(proto) = Proto::parse(&p.v) else {
+                        self.err(Diagnostic::error("invalid-value", format!("unknown protocol `{}`", p.v)).at(p.span, "expected tcp, udp, icmp or icmpv6"));
+                        continue;
+                    };
+                    let n = match (proto.has_ports(), port) {
+                        (true, Some(port)) => match parse_port(&port.v) {
+                            Ok((a, b)) if a == b => a,
+                            Ok(_) => {
+                                self.err(Diagnostic::error("invalid-port", "a test probes one port, not a range").at(port.span, "one port"));
+                                continue;
+                            }
+                            Err(msg) => {
+                                self.err(Diagnostic::error("invalid-port", msg).at(port.span, "ports are 1..=65535"));
+                                continue;
+                            }
+                        },
+                        (true, None) => {
+                            self.err(Diagnostic::error("missing-key", format!("a {} test needs `port`", p.v)).at(p.span, "add port = N"));
+                            continue;
+                        }
+                        (false, Some(port)) => match &port.v {
+                            RawPort::Int(i) if (0..=255).contains(i) => *i as u16,
+                            _ => {
+                                self.err(Diagnostic::error("invalid-value", "an ICMP test's `port` is the ICMP type (0..=255)").at(port.span, "ICMP type"));
+                                continue;
+                            }
+                        },
+                        (false, None) => u16::from(if proto == Proto::Icmp { services::ICMP_ECHO_REQUEST } else { services::ICMPV6_ECHO_REQUEST }),
+                    };
+                    (vec![(proto, n)], format!("{}/{n}", proto.name()))
+                }
+                _ => {
+                    self.err(Diagnostic::error("invalid-value", "a test needs either `service` or `proto` (with `port`)").at(t.span, "give service = \"...\" or proto = \"tcp\", port = N"));
+                    continue;
+                }
+            };
+            if let Some(flow) = self.flow(ep, t.span, from, to, probes, text) {
+                out.push(Test { flow, expect });
+            }
+        }
+        out
+    }
+}
+
+fn merge(into: &mut Side, s: &Side) {
+    into.any |= s.any;
+    into.self_ |= s.self_;
+    into.addrs = into.addrs.union(&s.addrs);
+    for z in &s.zones {
+        if !into.zones.contains(z) {
+            into.zones.push(*z);
+        }
+    }
+    into.zones.sort();
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.')
+}
+
+fn parse_port(p: &RawPort) -> Result<(u16, u16), String> {
+    let one = |s: &str| -> Result<u16, String> {
+        match s.trim().parse::<i64>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+            Ok(n) => Err(format!("port {n} is out of range")),
+            Err(_) => Err(format!("`{s}` is not a port number")),
+        }
+    };
+    match p {
+        RawPort::Int(n) => one(&n.to_string()).map(|x| (x, x)),
+        RawPort::Str(s) => match s.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (one(a)?, one(b)?);
+                if a > b {
+                    return Err(format!("port range `{s}` is reversed"));
+                }
+                Ok((a, b))
+            }
+            None => one(s).map(|x| (x, x)),
+        },
+    }
+}
+
+fn parse_if_addr(s: &str) -> Option<(IpAddr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let ip: IpAddr = a.parse().ok()?;
+    let len: u8 = l.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((ip, len))
+}
+
+fn valid_endpoint(s: &str) -> bool {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+/// Chooses concrete addresses for test and management endpoints.
+pub struct EndpointCtx<'a> {
+    pub policy: &'a Policy,
+    pub claimed: &'a AddrSet,
+}
+
+impl EndpointCtx<'_> {
+    pub fn endpoint(&self, text: &str) -> Result<Endpoint, String> {
+        let p = self.policy;
+        let mut points = vec![];
+        match text {
+            "self" => return Ok(Endpoint { text: text.into(), is_self: true, points }),
+            "any" => {
+                for a in self.unclaimed() {
+                    points.push((a, p.iface_for_addr(a)));
+                }
+            }
+            _ => match p.names.get(text) {
+                Some((named, _)) => self.named_points(text, named, &mut points, 0),
+                None => match parse_net(text) {
+                    Ok(n) => {
+                        let a = first_usable(&n);
+                        points.push((a, p.iface_for_addr(a)));
+                    }
+                    Err(_) => return Err(format!("`{text}` is not defined")),
+                },
+            },
+        }
+        let mut seen = std::collections::HashSet::new();
+        points.retain(|x| seen.insert(*x));
+        Ok(Endpoint { text: text.into(), is_self: false, points })
+    }
+
+    fn named_points(&self, name: &str, named: &Named, out: &mut Vec<(IpAddr, Option<IfaceId>)>, depth: usize) {
+        let p = self.policy;
+        match named {
+            Named::Zone(z) => {
+                let zone = &p.zones[*z];
+                let iface = zone.ifaces.first().copied();
+                match &zone.networks {
+                    Some(n) => {
+                        if let Some(a) = n.v4.ranges().first() {
+                            out.push((first_usable(&Net::V4(a.0, prefix_of_v4(a.0, a.1))), iface.or_else(|| p.iface_for_addr(IpAddr::V4(a.0.into())))));
+                        }
+                        if let Some(a) = n.v6.ranges().first() {
+                            out.push((first_usable(&Net::V6(a.0, prefix_of_v6(a.0, a.1))), iface.or_else(|| p.iface_for_addr(IpAddr::V6(a.0.into())))));
+                        }
+                    }
+                    None => {
+                        for a in self.unclaimed() {
+                            out.push((a, iface));
+                        }
+                    }
+                }
+            }
+            Named::Host(a) => {
+                for ip in a.first_v4().map(IpAddr::V4).into_iter().chain(a.first_v6().map(IpAddr::V6)) {
+                    out.push((ip, p.iface_for_addr(ip)));
+                }
+            }
+            Named::Peer(a) => {
+                let vpn_iface = p.vpns.iter().find(|v| name.starts_with(&format!("{}.", v.name))).map(|v| v.iface);
+                for ip in a.first_v4().map(IpAddr::V4).into_iter().chain(a.first_v6().map(IpAddr::V6)) {
+                    out.push((ip, vpn_iface));
+                }
+            }
+            Named::Group(_, members) => {
+                if depth > 32 {
+                    return;
+                }
+                // Each member contributes its own representatives.
+                for m in members {
+                    match p.names.get(m) {
+                        Some((n, _)) => self.named_points(m, n, out, depth + 1),
+                        None => {
+                            if let Ok(n) = parse_net(m) {
+                                let a = first_usable(&n);
+                                out.push((a, p.iface_for_addr(a)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Addresses in no named host, group, zone network or rule CIDR, one per family.
+    pub fn unclaimed(&self) -> Vec<IpAddr> {
+        let mut out = vec![];
+        let v4_pools = [(0xcb00_7100u32, 200u32), (0xc633_6400, 200), (0xc000_0200, 200)];
+        'v4: for (base, start) in v4_pools {
+            for off in start..255 {
+                let a = IpAddr::V4((base + off).into());
+                if !self.claimed.contains(a) {
+                    out.push(a);
+                    break 'v4;
+                }
+            }
+        }
+        for n in 1..64u128 {
+            let a = IpAddr::V6(((0x2001_0db8_ffffu128 << 80) + n).into());
+            if !self.claimed.contains(a) {
+                out.push(a);
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn prefix_of_v4(lo: u32, hi: u32) -> u8 {
+    32 - (hi - lo).wrapping_add(1).trailing_zeros().min(32) as u8
+}
+fn prefix_of_v6(lo: u128, hi: u128) -> u8 {
+    let span = hi.wrapping_sub(lo).wrapping_add(1);
+    if span == 0 { 0 } else { 128 - span.trailing_zeros() as u8 }
+}
+
+/// The first address a host could have in a network: the network itself for /31+
+/// (or /127+), otherwise network + 1.
+pub fn first_usable(n: &Net) -> IpAddr {
+    match *n {
+        Net::V4(a, l) if l < 31 => IpAddr::V4((a + 1).into()),
+        Net::V6(a, l) if l < 127 => IpAddr::V6((a + 1).into()),
+        _ => n.first(),
+    }
+}

@@ -1,0 +1,527 @@
+//! Policy files → [`raw::RawPolicy`], with a span on every value.
+//!
+//! Input: a directory of `*.toml` files (read recursively, in sorted order) or one file.
+//! Output: the merged raw policy plus every syntax/schema error found (all of them,
+//! not just the first), each pointing at `file:line:col`.
+//! Must not: resolve names or judge values beyond their TOML type; unknown keys are
+//! errors, never ignored (a mistyped key in a firewall can open a port).
+
+pub mod raw;
+
+use crate::diag::{suggest, Diagnostic, FileId, SourceMap, Span};
+use raw::*;
+use std::path::{Path, PathBuf};
+use toml_edit::{ImDocument, Item, TableLike, Value};
+
+/// Read every policy file under `path` into `sm`; I/O problems become diagnostics.
+pub fn load(path: &Path, sm: &mut SourceMap, diags: &mut Vec<Diagnostic>) -> RawPolicy {
+    let mut files = Vec::new();
+    if path.is_dir() {
+        collect_toml(path, &mut files, diags);
+        if files.is_empty() && diags.is_empty() {
+            diags.push(Diagnostic::error("no-policy", format!("no *.toml files under {}", path.display())));
+        }
+    } else if path.exists() {
+        files.push(path.to_path_buf());
+    } else {
+        diags.push(Diagnostic::error("no-policy", format!("policy path {} does not exist", path.display())));
+    }
+    let mut raw = RawPolicy::default();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => {
+                let id = sm.add(f, text);
+                parse_file(sm, id, &mut raw, diags);
+            }
+            Err(e) => diags.push(Diagnostic::error("io", format!("cannot read {}: {e}", f.display()))),
+        }
+    }
+    raw
+}
+
+fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+    let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) => {
+            diags.push(Diagnostic::error("io", format!("cannot read directory {}: {e}", dir.display())));
+            return;
+        }
+    };
+    entries.sort();
+    for p in entries {
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if p.is_dir() {
+            collect_toml(&p, out, diags);
+        } else if p.extension().is_some_and(|e| e == "toml") {
+            out.push(p);
+        }
+    }
+}
+
+/// Parse one file's text (already in `sm`) and merge it into `raw`.
+pub fn parse_file(sm: &SourceMap, file: FileId, raw: &mut RawPolicy, diags: &mut Vec<Diagnostic>) {
+    let text = sm.text(file).to_string();
+    let doc = match ImDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let span = Span::new(file, e.span().unwrap_or(0..0));
+            let msg = e.message().trim().to_string();
+            diags.push(Diagnostic::error("syntax", format!("invalid TOML: {msg}")).at(span, "here"));
+            return;
+        }
+    };
+    let mut w = Walker { file, diags };
+    let root = doc.as_table();
+    let whole = Span::new(file, 0..0);
+    w.known_keys(root, &TOP_KEYS, "the top level", whole);
+    for (key, item) in root.iter() {
+        let kspan = w.key_span(root, key, whole);
+        match key {
+            "version" => {
+                if let Some(v) = w.int(item, kspan, "version") {
+                    raw.version.push(v);
+                }
+            }
+            "firewall" => w.firewall(item, kspan, &mut raw.firewall),
+            "interfaces" => w.named_tables(item, kspan, "interfaces", |w, name, t, span| {
+                w.known_keys(t, &["device", "zone"], &format!("interface `{}`", name.v), span);
+                raw.interfaces.push(RawInterface {
+                    device: w.opt_str(t, "device", span),
+                    zone: w.opt_str(t, "zone", span),
+                    name,
+                });
+            }),
+            "zones" => w.named_tables(item, kspan, "zones", |w, name, t, span| {
+                w.known_keys(t, &["networks"], &format!("zone `{}`", name.v), span);
+                let networks = t.get("networks").map(|i| w.str_list(i, w.key_span(t, "networks", span), "networks"));
+                raw.zones.push(RawZone { name, networks });
+            }),
+            "hosts" => w.named_values(item, kspan, "hosts", |w, name, i, span| {
+                let addrs = w.str_list(i, span, "a host's address");
+                raw.hosts.push(RawHost { name, addrs });
+            }),
+            "groups" => w.named_values(item, kspan, "groups", |w, name, i, span| {
+                let members = w.str_list(i, span, "a group's members");
+                raw.groups.push(RawGroup { name, members });
+            }),
+            "services" => w.named_tables(item, kspan, "services", |w, name, t, span| {
+                w.known_keys(t, &["tcp", "udp"], &format!("service `{}`", name.v), span);
+                let tcp = t.get("tcp").map(|i| w.ports(i, w.key_span(t, "tcp", span))).unwrap_or_default();
+                let udp = t.get("udp").map(|i| w.ports(i, w.key_span(t, "udp", span))).unwrap_or_default();
+                raw.services.push(RawService { name, tcp, udp });
+            }),
+            "rules" => w.table_list(item, kspan, "rules", |w, t, span| {
+                w.known_keys(t, &RULE_KEYS, "a rule", span);
+                raw.rules.push(RawRule {
+                    span,
+                    name: w.opt_str(t, "name", span),
+                    from: w.opt_refs(t, "from", span),
+                    to: w.opt_refs(t, "to", span),
+                    allow: w.opt_refs(t, "allow", span),
+                    deny: w.opt_refs(t, "deny", span),
+                    comment: w.opt_str(t, "comment", span),
+                    owner: w.opt_str(t, "owner", span),
+                    expires: w.opt_date(t, "expires", span),
+                    log: w.opt_bool(t, "log", span),
+                });
+            }),
+            "nat" => w.nat(item, kspan, raw),
+            "vpn" => w.named_tables(item, kspan, "vpn", |w, name, t, span| {
+                let what = format!("vpn `{}`", name.v);
+                w.known_keys(t, &VPN_KEYS, &what, span);
+                let mut peers = vec![];
+                if let Some(p) = t.get("peers") {
+                    let pspan = w.key_span(t, "peers", span);
+                    w.table_list(p, pspan, "peers", |w, pt, ps| {
+                        w.known_keys(pt, &PEER_KEYS, "a peer", ps);
+                        peers.push(RawPeer {
+                            span: ps,
+                            name: w.opt_str(pt, "name", ps),
+                            public_key: w.opt_str(pt, "public_key", ps),
+                            allowed_ips: w.opt_str_list(pt, "allowed_ips", ps),
+                            endpoint: w.opt_str(pt, "endpoint", ps),
+                            keepalive: w.opt_int(pt, "keepalive", ps),
+                            preshared_key_file: w.opt_str(pt, "preshared_key_file", ps),
+                        });
+                    });
+                }
+                raw.vpns.push(RawVpn {
+                    zone: w.opt_str(t, "zone", span),
+                    listen_port: w.opt_int(t, "listen_port", span),
+                    addresses: w.opt_str_list(t, "addresses", span),
+                    private_key_file: w.opt_str(t, "private_key_file", span),
+                    mtu: w.opt_int(t, "mtu", span),
+                    peers,
+                    name,
+                });
+            }),
+            "tests" => w.table_list(item, kspan, "tests", |w, t, span| {
+                w.known_keys(t, &TEST_KEYS, "a test", span);
+                raw.tests.push(RawTest {
+                    span,
+                    from: w.opt_str(t, "from", span),
+                    to: w.opt_str(t, "to", span),
+                    service: w.opt_str(t, "service", span),
+                    proto: w.opt_str(t, "proto", span),
+                    port: t.get("port").and_then(|i| w.port(i, w.key_span(t, "port", span))),
+                    expect: w.opt_str(t, "expect", span),
+                });
+            }),
+            _ => {}
+        }
+    }
+}
+
+const TOP_KEYS: [&str; 11] =
+    ["version", "firewall", "interfaces", "zones", "hosts", "groups", "services", "rules", "nat", "vpn", "tests"];
+const RULE_KEYS: [&str; 9] = ["name", "from", "to", "allow", "deny", "comment", "owner", "expires", "log"];
+const VPN_KEYS: [&str; 6] = ["zone", "listen_port", "addresses", "private_key_file", "mtu", "peers"];
+const PEER_KEYS: [&str; 6] = ["name", "public_key", "allowed_ips", "endpoint", "keepalive", "preshared_key_file"];
+const TEST_KEYS: [&str; 6] = ["from", "to", "service", "proto", "port", "expect"];
+
+/// Walks one file's TOML tree, reporting type and key errors as it goes.
+struct Walker<'a> {
+    file: FileId,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+fn type_name(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+        Item::Value(v) => match v {
+            Value::String(_) => "a string",
+            Value::Integer(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::Boolean(_) => "a boolean",
+            Value::Datetime(_) => "a date-time",
+            Value::Array(_) => "an array",
+            Value::InlineTable(_) => "an inline table",
+        },
+    }
+}
+
+impl Walker<'_> {
+    fn span(&self, r: Option<std::ops::Range<usize>>, fallback: Span) -> Span {
+        r.map(|r| Span::new(self.file, r)).unwrap_or(fallback)
+    }
+    fn item_span(&self, item: &Item, fallback: Span) -> Span {
+        self.span(item.span(), fallback)
+    }
+    fn key_span(&self, t: &dyn TableLike, key: &str, fallback: Span) -> Span {
+        self.span(t.key(key).and_then(|k| k.span()), fallback)
+    }
+    fn err(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+    fn wrong_type(&mut self, item: &Item, span: Span, what: &str, want: &str) {
+        let got = type_name(item);
+        let span = self.item_span(item, span);
+        self.err(Diagnostic::error("type", format!("{what} must be {want}, found {got}")).at(span, format!("expected {want}")));
+    }
+
+    /// Report every key of `t` not in `allowed`.
+    fn known_keys(&mut self, t: &dyn TableLike, allowed: &[&str], what: &str, fallback: Span) {
+        for (k, _) in t.iter() {
+            if !allowed.contains(&k) {
+                let span = self.key_span(t, k, fallback);
+                let mut d = Diagnostic::error("unknown-key", format!("unknown key `{k}` in {what}"));
+                d = match suggest(k, allowed.iter().copied()) {
+                    Some(s) => d.at(span, format!("did you mean `{s}`?")),
+                    None => d.at(span, "not a known key").note(format!("known keys here: {}", allowed.join(", "))),
+                };
+                self.err(d);
+            }
+        }
+    }
+
+    fn table<'i>(&mut self, item: &'i Item, span: Span, what: &str) -> Option<&'i dyn TableLike> {
+        match item.as_table_like() {
+            Some(t) => Some(t),
+            None => {
+                self.wrong_type(item, span, what, "a table");
+                None
+            }
+        }
+    }
+
+    /// `[section.NAME]` tables: call `f` with each name and its table.
+    fn named_tables(&mut self, item: &Item, span: Span, what: &str, mut f: impl FnMut(&mut Self, Sp<String>, &dyn TableLike, Span)) {
+        let Some(t) = self.table(item, span, &format!("[{what}]")) else { return };
+        for (k, v) in t.iter() {
+            let ks = self.key_span(t, k, span);
+            let name = Sp::new(k.to_string(), ks);
+            if let Some(inner) = self.table(v, ks, &format!("{what}.{k}")) {
+                f(self, name, inner, ks);
+            }
+        }
+    }
+
+    /// `[section]` with `name = value` entries.
+    fn named_values(&mut self, item: &Item, span: Span, what: &str, mut f: impl FnMut(&mut Self, Sp<String>, &Item, Span)) {
+        let Some(t) = self.table(item, span, &format!("[{what}]")) else { return };
+        for (k, v) in t.iter() {
+            let ks = self.key_span(t, k, span);
+            f(self, Sp::new(k.to_string(), ks), v, ks);
+        }
+    }
+
+    /// `[[section]]` or `section = [{...}, ...]`.
+    fn table_list(&mut self, item: &Item, span: Span, what: &str, mut f: impl FnMut(&mut Self, &dyn TableLike, Span)) {
+        if let Some(aot) = item.as_array_of_tables() {
+            for t in aot.iter() {
+                let ts = self.span(t.span(), span);
+                f(self, t, ts);
+            }
+        } else if let Some(arr) = item.as_array() {
+            for v in arr.iter() {
+                let vs = self.span(v.span(), span);
+                match v.as_inline_table() {
+                    Some(t) => f(self, t, vs),
+                    None => self.wrong_type(&Item::Value(v.clone()), vs, &format!("an entry of `{what}`"), "a table"),
+                }
+            }
+        } else {
+            self.wrong_type(item, span, &format!("`{what}`"), "an array of tables ([[...]])");
+        }
+    }
+
+    fn string(&mut self, item: &Item, span: Span, what: &str) -> Option<Sp<String>> {
+        match item.as_str() {
+            Some(s) => Some(Sp::new(s.to_string(), self.item_span(item, span))),
+            None => {
+                self.wrong_type(item, span, what, "a string");
+                None
+            }
+        }
+    }
+    fn int(&mut self, item: &Item, span: Span, what: &str) -> Option<Sp<i64>> {
+        match item.as_integer() {
+            Some(i) => Some(Sp::new(i, self.item_span(item, span))),
+            None => {
+                self.wrong_type(item, span, what, "an integer");
+                None
+            }
+        }
+    }
+    fn opt_str(&mut self, t: &dyn TableLike, key: &str, span: Span) -> Option<Sp<String>> {
+        let ks = self.key_span(t, key, span);
+        t.get(key).and_then(|i| self.string(i, ks, &format!("`{key}`")))
+    }
+    fn opt_int(&mut self, t: &dyn TableLike, key: &str, span: Span) -> Option<Sp<i64>> {
+        let ks = self.key_span(t, key, span);
+        t.get(key).and_then(|i| self.int(i, ks, &format!("`{key}`")))
+    }
+    fn opt_bool(&mut self, t: &dyn TableLike, key: &str, span: Span) -> Option<Sp<bool>> {
+        let ks = self.key_span(t, key, span);
+        let item = t.get(key)?;
+        match item.as_bool() {
+            Some(b) => Some(Sp::new(b, self.item_span(item, ks))),
+            None => {
+                self.wrong_type(item, ks, &format!("`{key}`"), "true or false");
+                None
+            }
+        }
+    }
+    fn opt_date(&mut self, t: &dyn TableLike, key: &str, span: Span) -> Option<Sp<Date>> {
+        let ks = self.key_span(t, key, span);
+        let item = t.get(key)?;
+        let vs = self.item_span(item, ks);
+        let date = match item.as_value() {
+            Some(Value::Datetime(dt)) if dt.value().time.is_none() && dt.value().offset.is_none() => dt.value().date,
+            Some(Value::String(s)) => parse_date(s.value()),
+            _ => None,
+        };
+        match date {
+            Some(d) => Some(Sp::new(Date { year: d.year, month: d.month, day: d.day }, vs)),
+            None => {
+                self.err(
+                    Diagnostic::error("type", format!("`{key}` must be a date like 2027-06-30"))
+                        .at(vs, "expected a date (YYYY-MM-DD)"),
+                );
+                None
+            }
+        }
+    }
+    /// A string or an array of strings.
+    fn str_list(&mut self, item: &Item, span: Span, what: &str) -> Vec<Sp<String>> {
+        if let Some(s) = item.as_str() {
+            return vec![Sp::new(s.to_string(), self.item_span(item, span))];
+        }
+        let Some(arr) = item.as_array() else {
+            self.wrong_type(item, span, what, "a string or a list of strings");
+            return vec![];
+        };
+        let mut out = vec![];
+        for v in arr.iter() {
+            let vs = self.span(v.span(), span);
+            match v.as_str() {
+                Some(s) => out.push(Sp::new(s.to_string(), vs)),
+                None => self.wrong_type(&Item::Value(v.clone()), vs, &format!("an entry of {what}"), "a string"),
+            }
+        }
+        out
+    }
+    fn opt_str_list(&mut self, t: &dyn TableLike, key: &str, span: Span) -> Vec<Sp<String>> {
+        let ks = self.key_span(t, key, span);
+        t.get(key).map(|i| self.str_list(i, ks, &format!("`{key}`"))).unwrap_or_default()
+    }
+    fn opt_refs(&mut self, t: &dyn TableLike, key: &str, span: Span) -> Option<Refs> {
+        let ks = self.key_span(t, key, span);
+        let item = t.get(key)?;
+        let vs = self.item_span(item, ks);
+        Some(Sp::new(self.str_list(item, ks, &format!("`{key}`")), vs))
+    }
+    fn port(&mut self, item: &Item, span: Span) -> Option<Sp<RawPort>> {
+        let vs = self.item_span(item, span);
+        match item.as_value() {
+            Some(Value::Integer(i)) => Some(Sp::new(RawPort::Int(*i.value()), vs)),
+            Some(Value::String(s)) => Some(Sp::new(RawPort::Str(s.value().clone()), vs)),
+            _ => {
+                self.wrong_type(item, span, "a port", "an integer or a string \"N\" / \"N-M\"");
+                None
+            }
+        }
+    }
+    fn ports(&mut self, item: &Item, span: Span) -> Vec<Sp<RawPort>> {
+        match item.as_array() {
+            Some(arr) => arr.iter().filter_map(|v| self.port(&Item::Value(v.clone()), self.span(v.span(), span))).collect(),
+            None => self.port(item, span).into_iter().collect(),
+        }
+    }
+
+    fn firewall(&mut self, item: &Item, span: Span, fw: &mut RawFirewall) {
+        let Some(t) = self.table(item, span, "[firewall]") else { return };
+        self.known_keys(t, &["name", "default", "log_default", "management", "offload"], "[firewall]", span);
+        let once = |w: &mut Self, slot_set: bool, key: &str| {
+            if slot_set {
+                let ks = w.key_span(t, key, span);
+                w.err(Diagnostic::error("duplicate", format!("`firewall.{key}` is set in more than one file")).at(ks, "set again here"));
+            }
+        };
+        if t.contains_key("name") {
+            once(self, fw.name.is_some(), "name");
+            fw.name = self.opt_str(t, "name", span);
+        }
+        if t.contains_key("default") {
+            once(self, fw.default.is_some(), "default");
+            fw.default = self.opt_str(t, "default", span);
+        }
+        if t.contains_key("log_default") {
+            once(self, fw.log_default.is_some(), "log_default");
+            fw.log_default = self.opt_bool(t, "log_default", span);
+        }
+        if let Some(m) = t.get("management") {
+            let ms = self.key_span(t, "management", span);
+            let mut out = vec![];
+            self.table_list(m, ms, "management", |w, mt, s| {
+                w.known_keys(mt, &["from", "to", "service"], "a management flow", s);
+                out.push(RawManagement {
+                    span: s,
+                    from: w.opt_refs(mt, "from", s),
+                    to: w.opt_refs(mt, "to", s),
+                    service: w.opt_str(mt, "service", s),
+                });
+            });
+            fw.management.extend(out);
+        }
+        if let Some(o) = t.get("offload") {
+            let os = self.key_span(t, "offload", span);
+            if let Some(ot) = self.table(o, os, "[firewall.offload]") {
+                self.known_keys(ot, &["flowtable"], "[firewall.offload]", os);
+                if ot.contains_key("flowtable") {
+                    once(self, fw.flowtable.is_some(), "offload.flowtable");
+                    fw.flowtable = self.opt_str(ot, "flowtable", os);
+                }
+            }
+        }
+    }
+
+    fn nat(&mut self, item: &Item, span: Span, raw: &mut RawPolicy) {
+        let Some(t) = self.table(item, span, "[nat]") else { return };
+        self.known_keys(t, &["forward", "masquerade", "snat"], "[nat]", span);
+        for (k, v) in t.iter() {
+            let ks = self.key_span(t, k, span);
+            match k {
+                "forward" => self.table_list(v, ks, "nat.forward", |w, ft, s| {
+                    w.known_keys(ft, &["name", "on", "destination", "service", "to", "to_port"], "a port forward", s);
+                    raw.dnat.push(RawDnat {
+                        span: s,
+                        name: w.opt_str(ft, "name", s),
+                        on: w.opt_str(ft, "on", s),
+                        destination: w.opt_str(ft, "destination", s),
+                        service: w.opt_str(ft, "service", s),
+                        to: w.opt_str(ft, "to", s),
+                        to_port: w.opt_int(ft, "to_port", s),
+                    });
+                }),
+                "masquerade" => self.table_list(v, ks, "nat.masquerade", |w, mt, s| {
+                    w.known_keys(mt, &["from", "out"], "a masquerade rule", s);
+                    raw.masquerade.push(RawMasquerade { span: s, from: w.opt_refs(mt, "from", s), out: w.opt_str(mt, "out", s) });
+                }),
+                "snat" => self.table_list(v, ks, "nat.snat", |w, st, s| {
+                    w.known_keys(st, &["from", "out", "to"], "an snat rule", s);
+                    raw.snat.push(RawSnat {
+                        span: s,
+                        from: w.opt_refs(st, "from", s),
+                        out: w.opt_str(st, "out", s),
+                        to: w.opt_str(st, "to", s),
+                    });
+                }),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn parse_date(s: &str) -> Option<toml_edit::Date> {
+    let mut it = s.split('-');
+    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (year, month, day) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(toml_edit::Date { year, month, day })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (RawPolicy, Vec<Diagnostic>, SourceMap) {
+        let mut sm = SourceMap::default();
+        let f = sm.add("t.toml".into(), text.into());
+        let mut raw = RawPolicy::default();
+        let mut d = vec![];
+        parse_file(&sm, f, &mut raw, &mut d);
+        (raw, d, sm)
+    }
+
+    #[test]
+    fn reads_rules_with_spans() {
+        let (raw, d, sm) = parse("[[rules]]\nname = \"a\"\nfrom = \"internet\"\nto = [\"web\"]\nallow = [\"http\"]\n");
+        assert!(d.is_empty(), "{d:?}");
+        let r = &raw.rules[0];
+        assert_eq!(r.name.as_ref().unwrap().v, "a");
+        assert_eq!(sm.locate(r.to.as_ref().unwrap().v[0].span), "t.toml:4:7");
+    }
+
+    #[test]
+    fn unknown_keys_are_all_reported() {
+        let (_, d, sm) = parse("[[rules]]\nname = \"a\"\nalow = [\"ssh\"]\n[[rules]]\nfrm = \"x\"\n");
+        let msgs: Vec<String> = d.iter().map(|d| format!("{} {}", sm.locate(d.span.unwrap()), d.label)).collect();
+        assert_eq!(msgs, vec!["t.toml:3:1 did you mean `allow`?", "t.toml:5:1 did you mean `from`?"]);
+    }
+
+    #[test]
+    fn dates_and_strings_as_dates() {
+        let (raw, d, _) = parse("[[rules]]\nexpires = 2027-06-30\n[[rules]]\nexpires = \"2026-01-02\"\n");
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(raw.rules[0].expires.as_ref().unwrap().v.to_string(), "2027-06-30");
+        assert_eq!(raw.rules[1].expires.as_ref().unwrap().v.to_string(), "2026-01-02");
+    }
+}
