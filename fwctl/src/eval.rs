@@ -6,7 +6,7 @@
 //! ruleset is checked against, and the engine of `explain` and `[[tests]]`.
 //! Must not: share code with the compiler's decision structures.
 
-use crate::model::{Action, DefaultVerdict, Endpoint, Flow, IfaceId, Policy, Proto, RuleId, Side};
+use crate::model::{Action, DefaultVerdict, Flow, IfaceId, Policy, Proto, RuleId, Side};
 use std::net::IpAddr;
 
 /// Which netfilter path the packet takes on the appliance.
@@ -152,19 +152,11 @@ pub fn evaluate(p: &Policy, pkt: &Packet) -> Decision {
 }
 
 /// The appliance's own address facing `iface`, for flows to or from `self`: a VPN
-/// interface's address, else an address in the zone's networks that no host uses,
-/// else a port-forward destination on that interface, else a free documentation
-/// address.
+/// interface's address, else the first address in the zone's networks that no
+/// host uses, else a stable documentation address (never a port-forward
+/// destination: traffic to those is forwarded, not delivered to the appliance).
 pub fn appliance_addr(p: &Policy, iface: Option<IfaceId>, v6: bool) -> IpAddr {
-    use crate::model::addr::Net;
-    use crate::model::Named;
     let fam = |a: &IpAddr| a.is_ipv6() == v6;
-    let used = |a: IpAddr| {
-        p.names.values().any(|(n, _)| match n {
-            Named::Host(s) | Named::Peer(s) => s.contains(a),
-            _ => false,
-        })
-    };
     if let Some(i) = iface {
         if let Some(v) = p.vpns.iter().find(|v| v.iface == i) {
             if let Some((a, _)) = v.addresses.iter().find(|(a, _)| fam(a)) {
@@ -173,23 +165,10 @@ pub fn appliance_addr(p: &Policy, iface: Option<IfaceId>, v6: bool) -> IpAddr {
         }
         let zone = &p.zones[p.ifaces[i].zone];
         if let Some(n) = &zone.networks {
-            let first = if v6 { n.v6.ranges().first().map(|r| IpAddr::V6(r.0.into())) } else { n.v4.ranges().first().map(|r| IpAddr::V4(r.0.into())) };
-            if let Some(base) = first {
-                for k in 1..256u32 {
-                    let a = match base {
-                        IpAddr::V4(b) => IpAddr::V4((u32::from(b) + k).into()),
-                        IpAddr::V6(b) => IpAddr::V6((u128::from(b) + u128::from(k)).into()),
-                    };
-                    if n.contains(a) && !used(a) {
-                        return a;
-                    }
-                }
+            if let Some(a) = p.free_addrs(n, v6).first() {
+                return *a;
             }
         }
-        if let Some(d) = p.dnat.iter().filter(|d| d.iface == i).filter_map(|d| d.destination).find(fam) {
-            return d;
-        }
-        let _ = Net::addr;
         // A stable, per-interface documentation address.
         return if v6 {
             IpAddr::V6((0x2001_0db8_fff0u128 << 80 | (i as u128 + 1)).into())
@@ -242,10 +221,6 @@ pub fn flow_packets(p: &Policy, f: &Flow) -> Vec<Packet> {
     out
 }
 
-/// Render an endpoint for messages: `host03 (192.0.2.13)`.
-pub fn endpoint_text(e: &Endpoint) -> String {
-    e.text.clone()
-}
 
 #[cfg(test)]
 mod tests {

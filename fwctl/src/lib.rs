@@ -15,6 +15,7 @@ pub mod cli;
 pub mod compile;
 pub mod diag;
 pub mod eval;
+pub mod lab;
 pub mod model;
 pub mod policy;
 pub mod render;

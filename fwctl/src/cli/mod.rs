@@ -7,6 +7,7 @@
 pub mod check;
 pub mod compile;
 pub mod explain;
+pub mod lab;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -35,6 +36,8 @@ pub enum Command {
     Compile(compile::CompileArgs),
     /// Show the verdict for one packet and the policy lines that decide it
     Explain(explain::ExplainArgs),
+    /// Network namespaces mirroring the policy, checked with real packets
+    Lab(lab::LabArgs),
 }
 
 /// Options shared by commands that read a policy.
@@ -72,6 +75,7 @@ pub fn main() -> u8 {
         Command::Check(a) => check::exec(&a),
         Command::Compile(a) => compile::exec(&a),
         Command::Explain(a) => explain::exec(&a),
+        Command::Lab(a) => lab::exec(&a),
     }
 }
 

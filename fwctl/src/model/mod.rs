@@ -257,6 +257,35 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Addresses of `nets` (one family) that no host, VPN peer or VPN interface
+    /// uses, in order: the appliance takes the first, a zone's test
+    /// representative the second, so neither collides with a named host.
+    pub fn free_addrs(&self, nets: &AddrSet, v6: bool) -> Vec<IpAddr> {
+        let used = |a: IpAddr| {
+            self.names.values().any(|(n, _)| matches!(n, Named::Host(s) | Named::Peer(s) if s.contains(a)))
+                || self.vpns.iter().any(|v| v.addresses.iter().any(|(x, _)| *x == a))
+        };
+        let mut out = vec![];
+        let first: Option<IpAddr> = if v6 { nets.v6.ranges().first().map(|r| IpAddr::V6(r.0.into())) } else { nets.v4.ranges().first().map(|r| IpAddr::V4(r.0.into())) };
+        let Some(base) = first else { return out };
+        for k in 1..512u32 {
+            let a = match base {
+                IpAddr::V4(b) => IpAddr::V4(u32::from(b).wrapping_add(k).into()),
+                IpAddr::V6(b) => IpAddr::V6(u128::from(b).wrapping_add(u128::from(k)).into()),
+            };
+            if nets.contains(a) && !used(a) {
+                out.push(a);
+                if out.len() == 2 {
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(base);
+        }
+        out
+    }
+
     pub fn iface_by_device(&self, dev: &str) -> Option<IfaceId> {
         self.ifaces.iter().position(|i| i.device.as_str() == dev)
     }

@@ -1032,11 +1032,12 @@ impl EndpointCtx<'_> {
                 let iface = zone.ifaces.first().copied();
                 match &zone.networks {
                     Some(n) => {
-                        if let Some(a) = n.v4.ranges().first() {
-                            out.push((first_usable(&Net::V4(a.0, prefix_of_v4(a.0, a.1))), iface.or_else(|| p.iface_for_addr(IpAddr::V4(a.0.into())))));
-                        }
-                        if let Some(a) = n.v6.ranges().first() {
-                            out.push((first_usable(&Net::V6(a.0, prefix_of_v6(a.0, a.1))), iface.or_else(|| p.iface_for_addr(IpAddr::V6(a.0.into())))));
+                        for v6 in [false, true] {
+                            let free = p.free_addrs(n, v6);
+                            // The second free address: the first is the appliance's.
+                            if let Some(&a) = free.get(1).or(free.first()) {
+                                out.push((a, iface.or_else(|| p.iface_for_addr(a))));
+                            }
                         }
                     }
                     None => {
@@ -1099,14 +1100,6 @@ impl EndpointCtx<'_> {
         }
         out
     }
-}
-
-fn prefix_of_v4(lo: u32, hi: u32) -> u8 {
-    32 - (hi - lo).wrapping_add(1).trailing_zeros().min(32) as u8
-}
-fn prefix_of_v6(lo: u128, hi: u128) -> u8 {
-    let span = hi.wrapping_sub(lo).wrapping_add(1);
-    if span == 0 { 0 } else { 128 - span.trailing_zeros() as u8 }
 }
 
 /// The first address a host could have in a network: the network itself for /31+

@@ -637,8 +637,7 @@ pub(crate) fn random_u64() -> u64 {
 
 /// For privileged tests: true if they can run. Otherwise fails under CI
 /// (`CI` set and non-empty), else prints "skipped: …" and returns false.
-#[cfg(test)]
-pub(crate) fn privileged_or_skip() -> bool {
+pub fn privileged_or_skip() -> bool {
     match prerequisites() {
         Ok(()) => true,
         Err(reason) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {

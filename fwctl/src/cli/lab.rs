@@ -1,0 +1,170 @@
+//! `fwctl lab up|check|down [PATH]`: a rack of network namespaces mirroring the
+//! policy, the policy loaded in its firewall namespace, checked with real packets.
+use super::{OutputArgs, EXIT_FAIL, EXIT_OK, EXIT_SYSTEM};
+use crate::lab::{self, plan};
+use crate::sys::netns::{self, Lab};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub action: LabAction,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LabOpts {
+    /// Policy directory or file
+    #[arg(default_value = super::DEFAULT_POLICY)]
+    pub path: PathBuf,
+    /// Namespace name prefix (namespaces are <prefix>-fw, <prefix>-s0, ...)
+    #[arg(long, default_value = lab::DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabAction {
+    /// Build the namespaces and load the compiled policy into <prefix>-fw
+    Up(LabOpts),
+    /// Probe every [[tests]] entry and a zone × host × service matrix with real packets
+    Check {
+        #[command(flatten)]
+        opts: LabOpts,
+        #[command(flatten)]
+        out: OutputArgs,
+        /// Seconds to wait for an answer before calling a packet dropped
+        #[arg(long, default_value_t = 1.0)]
+        timeout: f64,
+    },
+    /// Remove every namespace of the lab (also after a failed `up`)
+    Down {
+        #[arg(long, default_value = lab::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+}
+
+fn load(path: &std::path::Path) -> Result<crate::model::Policy, u8> {
+    let loaded = crate::check::load(path, crate::sys::clock::today());
+    if loaded.has_errors() {
+        super::report(&loaded, &loaded.diags);
+        return Err(EXIT_FAIL);
+    }
+    Ok(loaded.policy.expect("valid"))
+}
+
+pub fn exec(a: &LabArgs) -> u8 {
+    if let Err(e) = netns::prerequisites() {
+        eprintln!("error: the lab needs {e}");
+        return EXIT_SYSTEM;
+    }
+    match &a.action {
+        LabAction::Up(o) => up(o),
+        LabAction::Check { opts, out, timeout } => check(opts, out.json, *timeout),
+        LabAction::Down { prefix } => match netns::cleanup_prefix(prefix) {
+            Ok(gone) => {
+                println!("removed {} namespace(s) with prefix {prefix}", gone.len());
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_SYSTEM
+            }
+        },
+    }
+}
+
+fn up(o: &LabOpts) -> u8 {
+    let p = match load(&o.path) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    if !netns::list_namespaces().unwrap_or_default().iter().all(|n| !n.starts_with(&format!("{}-", o.prefix))) {
+        eprintln!("error: a lab with prefix {} exists; run `fwctl lab down` first", o.prefix);
+        return EXIT_FAIL;
+    }
+    let caps = crate::sys::caps::detect("nft");
+    let compiled = match crate::compile::compile(&p, caps) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAIL;
+        }
+    };
+    let script = crate::render::nft::script(&compiled.ruleset, "fwctl lab");
+    let plan = plan::for_policy(&p);
+    let mut lab = match Lab::new(&o.prefix) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    // On failure the lab is dropped, which removes what was built.
+    if let Err(e) = lab::up(&mut lab, &plan, &script) {
+        eprintln!("error: lab up failed: {e}");
+        return EXIT_SYSTEM;
+    }
+    lab.set_keep(true);
+    println!("lab {} is up: firewall namespace {}-{} with {} interface(s), {} host address(es)", o.prefix, o.prefix, lab::FW, plan.segments.len(), plan.segments.iter().map(|s| s.hosts.len() + s.hosts_b.len()).sum::<usize>());
+    for s in &plan.segments {
+        let addrs = |v: &[std::net::IpAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
+        println!("  {}-{} behind {} : {}", o.prefix, s.ns, s.device, addrs(&s.hosts));
+        if !s.hosts_b.is_empty() {
+            println!("  {}-{}b behind {} : {}", o.prefix, s.ns, s.device, addrs(&s.hosts_b));
+        }
+    }
+    EXIT_OK
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    origin: String,
+    flow: String,
+    packet: crate::eval::Packet,
+    expect: crate::eval::Verdict,
+    observed: String,
+    ok: bool,
+}
+
+fn check(o: &LabOpts, json: bool, timeout: f64) -> u8 {
+    let p = match load(&o.path) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let lab = match Lab::attach(&o.prefix) {
+        Ok(l) if !l.namespaces().is_empty() => l,
+        Ok(_) => {
+            eprintln!("error: no lab with prefix {}; run `fwctl lab up` first", o.prefix);
+            return EXIT_FAIL;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    let plan = plan::for_policy(&p);
+    let rows = lab::check(&lab, &plan, Duration::from_secs_f64(timeout));
+    let (text, bad) = lab::table(&rows);
+    if json {
+        let out: Vec<Row> = rows
+            .iter()
+            .map(|(pp, obs)| Row {
+                origin: pp.origin.clone(),
+                flow: pp.flow.clone(),
+                packet: pp.packet.clone(),
+                expect: pp.expect,
+                observed: match obs {
+                    Ok(o) => format!("{o:?}").to_lowercase(),
+                    Err(e) => format!("error: {e}"),
+                },
+                ok: obs.as_ref().is_ok_and(|o| plan::agrees(pp.expect, *o)),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).expect("serializable"));
+    } else {
+        print!("{text}");
+        println!("{} probes, {} as expected, {} mismatched; {} packet(s) not probeable here", rows.len(), rows.len() - bad, bad, plan.skipped.len());
+    }
+    if bad == 0 { EXIT_OK } else { EXIT_FAIL }
+}

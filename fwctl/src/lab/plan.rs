@@ -1,0 +1,271 @@
+//! Which namespaces, addresses and probes mirror a policy (pure).
+//!
+//! Input: a resolved policy and the packets to check (new connections as the
+//! evaluator sees them). Output: a [`Plan`]: one segment per appliance interface
+//! (its device name kept in the firewall namespace), the addresses each segment
+//! holds, and one probe per packet with the evaluator's expected verdict.
+//! Must not: touch the system; the same inputs always give the same plan (so
+//! `lab up` and `lab check`, run apart, agree on what exists).
+
+use crate::eval::{appliance_addr, evaluate, flow_packets, Hook, Packet, Verdict};
+use crate::model::{Expect, Flow, IfaceId, Policy, Proto};
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub iface: IfaceId,
+    /// Device name in the firewall namespace (as in the policy).
+    pub device: String,
+    /// Short namespace name (the lab prefixes it).
+    pub ns: String,
+    /// The appliance's addresses on this segment.
+    pub fw_addrs: Vec<IpAddr>,
+    /// Addresses living behind this interface, in namespace `ns`.
+    pub hosts: Vec<IpAddr>,
+    /// Addresses living behind this interface in a second namespace `<ns>b`,
+    /// bridged to the first, so that flows between two hosts of one segment
+    /// cross the firewall (hairpin), as with hosts on separate switch ports.
+    pub hosts_b: Vec<IpAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Where {
+    Firewall,
+    /// Segment index, and which of its two host namespaces (false: `sN`, true: `sNb`).
+    Segment(usize, bool),
+}
+
+#[derive(Clone, Debug)]
+pub struct PlannedProbe {
+    /// What the row is about: "test #3", "matrix".
+    pub origin: String,
+    pub flow: String,
+    pub packet: Packet,
+    pub expect: Verdict,
+    pub client: Where,
+    pub server: Where,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub segments: Vec<Segment>,
+    pub probes: Vec<PlannedProbe>,
+    /// Packets that cannot be reproduced with real packets here, and why.
+    pub skipped: Vec<(String, Packet, String)>,
+}
+
+/// The packets `lab check` probes: every `[[tests]]` entry, then a matrix of
+/// every zone to every host and to the appliance for each service the rules use.
+pub fn lab_packets(p: &Policy) -> Vec<(String, String, Packet)> {
+    let mut out = vec![];
+    for (i, t) in p.tests.iter().enumerate() {
+        let flow = format!("{} → {} {}", t.flow.from.text, t.flow.to.text, t.flow.service_text);
+        for pkt in flow_packets(p, &t.flow) {
+            out.push((format!("test #{}", i + 1), flow.clone(), pkt));
+        }
+    }
+    let mut services: Vec<String> = p.rules.iter().flat_map(|r| r.service_text.iter().cloned()).collect();
+    services.sort();
+    services.dedup();
+    let zones: Vec<&str> = p.zones.iter().filter(|z| !z.ifaces.is_empty()).map(|z| z.name.as_str()).collect();
+    let mut dsts: Vec<&str> = p.names.iter().filter(|(_, (n, _))| matches!(n, crate::model::Named::Host(_))).map(|(k, _)| k.as_str()).collect();
+    dsts.push("self");
+    for z in &zones {
+        for d in &dsts {
+            for s in &services {
+                if let Some(f) = flow(p, z, d, s) {
+                    let text = format!("{z} → {d} {s}");
+                    for pkt in flow_packets(p, &f) {
+                        out.push(("matrix".into(), text.clone(), pkt));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A flow between two named endpoints for a named service (None if unknown).
+pub fn flow(p: &Policy, from: &str, to: &str, service: &str) -> Option<Flow> {
+    let claimed = claimed(p);
+    let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &claimed };
+    let svc = crate::model::services::builtin(service).or_else(|| custom_service(p, service))?;
+    Some(Flow { span: p.rules.first().map(|r| r.span)?, from: ctx.endpoint(from).ok()?, to: ctx.endpoint(to).ok()?, probes: svc.representatives(), service_text: service.into() })
+}
+
+fn custom_service(p: &Policy, name: &str) -> Option<crate::model::ServiceSet> {
+    // Custom services are folded into rules; recover one from a rule that names it alone.
+    p.rules.iter().find(|r| r.service_text.len() == 1 && r.service_text[0] == name).map(|r| r.services.clone())
+}
+
+fn claimed(p: &Policy) -> crate::model::addr::AddrSet {
+    use crate::model::Named;
+    let mut c = crate::model::addr::AddrSet::empty();
+    for z in &p.zones {
+        if let Some(n) = &z.networks {
+            c = c.union(n);
+        }
+    }
+    for (n, _) in p.names.values() {
+        match n {
+            Named::Host(a) | Named::Peer(a) => c = c.union(a),
+            Named::Group(s, _) => c = c.union(&s.addrs),
+            Named::Zone(_) => {}
+        }
+    }
+    for r in &p.rules {
+        for s in [&r.from, &r.to] {
+            if !s.addrs.is_full() {
+                c = c.union(&s.addrs);
+            }
+        }
+    }
+    c
+}
+
+/// Where an address lives: (segment, second namespace?).
+type Placement = std::collections::HashMap<IpAddr, (usize, bool)>;
+
+/// Put `a` in segment `seg`, preferring side `b`; None if it lives elsewhere.
+fn place(at: &mut Placement, fw: &[IpAddr], a: IpAddr, seg: usize, b: bool) -> Option<bool> {
+    if fw.contains(&a) {
+        return None;
+    }
+    match at.get(&a) {
+        Some(&(s, side)) if s == seg => Some(side),
+        Some(_) => None,
+        None => {
+            at.insert(a, (seg, b));
+            Some(b)
+        }
+    }
+}
+
+pub fn plan(p: &Policy, packets: Vec<(String, String, Packet)>) -> Plan {
+    let mut segments: Vec<Segment> = p
+        .ifaces
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Segment {
+            iface: i,
+            device: f.device.to_string(),
+            ns: format!("s{i}"),
+            // The appliance's address on this interface, and the public addresses
+            // it port-forwards from.
+            fw_addrs: {
+                let mut v = vec![appliance_addr(p, Some(i), false), appliance_addr(p, Some(i), true)];
+                v.extend(p.dnat.iter().filter(|d| d.iface == i).filter_map(|d| d.destination));
+                v.dedup();
+                v
+            },
+            hosts: vec![],
+            hosts_b: vec![],
+        })
+        .collect();
+    let fw: Vec<IpAddr> = segments.iter().flat_map(|s| s.fw_addrs.clone()).collect();
+    let mut plan = Plan::default();
+    let seg_of = |dev: &Option<String>| dev.as_deref().and_then(|d| p.iface_by_device(d));
+    // Which end is where, before placing addresses.
+    let mut ends: Vec<Result<(Option<usize>, Option<usize>), &'static str>> = vec![];
+    for (_, _, pkt) in &packets {
+        let probeable = match pkt.proto {
+            Proto::Icmp => pkt.port == u16::from(crate::model::services::ICMP_ECHO_REQUEST),
+            Proto::Icmpv6 => pkt.port == u16::from(crate::model::services::ICMPV6_ECHO_REQUEST),
+            _ => true,
+        };
+        let e = match pkt.hook {
+            Hook::Input => seg_of(&pkt.iif).map(|c| (Some(c), None)),
+            Hook::Output => seg_of(&pkt.oif).map(|s| (None, Some(s))),
+            Hook::Forward => seg_of(&pkt.iif).zip(seg_of(&pkt.oif)).map(|(c, s)| (Some(c), Some(s))),
+        };
+        ends.push(match (probeable, e) {
+            (false, _) => Err("only ICMP echo requests can be probed"),
+            (_, None) => Err("no interface of the policy carries this packet"),
+            (_, Some(e)) => Ok(e),
+        });
+    }
+    // Place addresses: same-segment pairs first (they need the two sides), then the rest.
+    let mut at: Placement = Default::default();
+    let mut sides: Vec<Option<(Where, Where)>> = vec![None; packets.len()];
+    for pass in [true, false] {
+        for (k, (_, _, pkt)) in packets.iter().enumerate() {
+            let Ok((c, s)) = ends[k] else { continue };
+            let same = c.is_some() && c == s;
+            if same != pass {
+                continue;
+            }
+            let client = match c {
+                None => fw.contains(&pkt.src).then_some(Where::Firewall),
+                Some(seg) => place(&mut at, &fw, pkt.src, seg, false).map(|b| Where::Segment(seg, b)),
+            };
+            let server = match (s, client) {
+                (None, _) => fw.contains(&pkt.dst).then_some(Where::Firewall),
+                (Some(seg), Some(Where::Segment(cs, cb))) if cs == seg => {
+                    place(&mut at, &fw, pkt.dst, seg, !cb).filter(|b| *b != cb).map(|b| Where::Segment(seg, b))
+                }
+                (Some(seg), _) => place(&mut at, &fw, pkt.dst, seg, false).map(|b| Where::Segment(seg, b)),
+            };
+            if let (Some(cl), Some(sv)) = (client, server) {
+                sides[k] = Some((cl, sv));
+            }
+        }
+    }
+    for (k, (origin, flow_text, pkt)) in packets.into_iter().enumerate() {
+        match (&ends[k], sides[k]) {
+            (Err(why), _) => plan.skipped.push((origin, pkt, why.to_string())),
+            (Ok(_), None) => plan.skipped.push((origin, pkt, "an address of this packet already lives elsewhere in the lab".into())),
+            (Ok(_), Some((client, server))) => {
+                let expect = evaluate(p, &pkt).verdict;
+                plan.probes.push(PlannedProbe { origin, flow: flow_text, packet: pkt, expect, client, server });
+            }
+        }
+    }
+    for (a, (seg, b)) in at {
+        if b {
+            segments[seg].hosts_b.push(a);
+        } else {
+            segments[seg].hosts.push(a);
+        }
+    }
+    for s in &mut segments {
+        s.hosts.sort();
+        s.hosts_b.sort();
+    }
+    plan.segments = segments;
+    plan
+}
+
+/// Convenience: the plan for a policy's tests and matrix.
+pub fn for_policy(p: &Policy) -> Plan {
+    plan(p, lab_packets(p))
+}
+
+/// Does an observed outcome satisfy an expected verdict?
+pub fn agrees(expect: Verdict, observed: crate::sys::probe::Observed) -> bool {
+    use crate::sys::probe::Observed;
+    matches!((expect, observed), (Verdict::Accept, Observed::Delivered) | (Verdict::Drop, Observed::Dropped) | (Verdict::Reject, Observed::Refused))
+}
+
+pub fn expect_of(e: Expect) -> Verdict {
+    match e {
+        Expect::Allow => Verdict::Accept,
+        Expect::Deny => Verdict::Drop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reference_policy_skips_are_explained() {
+        let l = crate::check::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/carif-oref")), crate::model::Date { year: 2026, month: 11, day: 23 });
+        let p = l.policy.unwrap();
+        let plan = super::for_policy(&p);
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        for (o, pkt, why) in &plan.skipped {
+            *reasons.entry(format!("{why} [{o} {:?}]", pkt.hook)).or_default() += 1;
+        }
+        for (k, v) in &reasons {
+            eprintln!("{v:5} {k}");
+        }
+    }
+}
