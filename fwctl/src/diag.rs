@@ -269,13 +269,18 @@ fn levenshtein(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut prev2: Vec<usize> = prev.clone();
     for i in 1..=a.len() {
         let mut cur = vec![i; b.len() + 1];
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
             cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            // A swap of neighbouring letters ("tpc" for "tcp") is one edit.
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(prev2[j - 2] + 1);
+            }
         }
-        prev = cur;
+        prev2 = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -308,5 +313,7 @@ mod tests {
     fn suggestions_are_close_matches_only() {
         assert_eq!(suggest("alow", ["allow", "deny"]), Some("allow"));
         assert_eq!(suggest("xyz", ["allow", "deny"]), None);
+        assert_eq!(suggest("tpc", ["tcp", "udp"]), Some("tcp"));
+        assert_eq!(suggest("sefl", ["self", "any"]), Some("self"));
     }
 }

@@ -34,18 +34,7 @@ const MIN_BAD_CASES: usize = 35;
 
 /// Known-wrong outputs: (`set/case`, what is wrong). Their `.stderr` is the
 /// expected output, written by hand.
-const PENDING: &[(&str, &str)] = &[
-    ("bad/06-service-unknown-key", "no suggestion for a transposed key (`tpc` → `tcp`)"),
-    ("bad/22-duplicate-device", "does not point at the first use of the device"),
-    ("bad/53-duplicate-listen-port", "does not point at the first vpn's listen_port"),
-    ("bad/59-management-undefined-with-two-sources", "the same error is reported once per `from` entry"),
-    ("bad/60-vpn-zone-typo-with-peer-rule", "cascading error: the peer is reported as not defined"),
-    ("bad/61-duplicate-interface-two-files", "does not point at the first definition"),
-    ("bad/62-firewall-default-two-files", "does not point at the first setting"),
-    ("bad/63-expires-date-out-of-range", "the TOML error message spans two lines"),
-    ("bad/65-test-service-and-proto", "says a test needs service or proto when it has both"),
-    ("warn/02-never-matches-family", "says the services are \"no address family\" when they are both"),
-];
+const PENDING: &[(&str, &str)] = &[];
 
 /// Cases whose error has no file location (the `--> file:line:col` line).
 const FILELESS: &[&str] = &["bad/64-no-toml-files"];

@@ -63,9 +63,14 @@ fn never_matches(p: &Policy, r: &Rule) -> Option<String> {
     let fam = |a: bool, b: bool| match (a, b) {
         (true, false) => "IPv4 only",
         (false, true) => "IPv6 only",
-        _ => "no address family",
+        (true, true) => "IPv4 and IPv6",
+        (false, false) => "no address family",
     };
-    Some(format!("`from` is {}, `to` is {}, services are {}", fam(f4, f6), fam(t4, t6), fam(svc4, svc6)))
+    if !((f4 && t4) || (f6 && t6)) {
+        return Some(format!("`from` is {}, `to` is {}", fam(f4, f6), fam(t4, t6)));
+    }
+    let both = fam(f4 && t4, f6 && t6);
+    Some(format!("`from` and `to` are {both}, but its services exist only for {}", fam(svc4, svc6)))
 }
 
 /// Is every packet `a` matches also matched by `b`? (Sound, not complete: may say no

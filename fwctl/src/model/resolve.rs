@@ -15,7 +15,7 @@ const RESERVED: [&str; 2] = ["self", "any"];
 
 pub fn resolve(raw: &RawPolicy, today: Date, diags: &mut Vec<Diagnostic>) -> Option<Policy> {
     let before = diags.iter().filter(|d| d.is_error()).count();
-    let mut r = Resolver { raw, diags, zones: vec![], zone_ix: HashMap::new(), names: BTreeMap::new(), services: HashMap::new(), ifaces: vec![], iface_ix: HashMap::new(), group_memo: HashMap::new() };
+    let mut r = Resolver { raw, diags, zones: vec![], zone_ix: HashMap::new(), names: BTreeMap::new(), services: HashMap::new(), ifaces: vec![], iface_ix: HashMap::new(), iface_spans: HashMap::new(), device_spans: HashMap::new(), group_memo: HashMap::new() };
     r.version();
     let fw = r.firewall_basics();
     r.zones();
@@ -62,6 +62,9 @@ struct Resolver<'a> {
     services: HashMap<String, (ServiceSet, Span)>,
     ifaces: Vec<Iface>,
     iface_ix: HashMap<String, IfaceId>,
+    /// Where each interface key and device name was first written.
+    iface_spans: HashMap<String, Span>,
+    device_spans: HashMap<String, Span>,
     group_memo: HashMap<String, Option<Side>>,
 }
 
@@ -159,12 +162,12 @@ impl Resolver<'_> {
         if let Some(&id) = self.zone_ix.get(&z.v) {
             return Some(id);
         }
-        let mut d = Diagnostic::error("undefined", format!("{owner}: zone `{}` is not declared", z.v));
-        d = match suggest(&z.v, self.zone_ix.keys().map(|s| s.as_str())) {
+        let d = Diagnostic::error("undefined", format!("{owner}: zone `{}` is not declared", z.v));
+        let d = match suggest(&z.v, self.zone_ix.keys().map(|s| s.as_str())) {
             Some(s) => d.at(z.span, format!("did you mean `{s}`?")),
-            None => d.at(z.span, "undeclared zone"),
+            None => d.at(z.span, "undeclared zone").note(format!("declare it with [zones.{}]", z.v)),
         };
-        self.err(d.note(format!("declare it with [zones.{}]", z.v)));
+        self.err(d);
         None
     }
 
@@ -178,9 +181,14 @@ impl Resolver<'_> {
         };
         if let Some(other) = self.ifaces.iter().find(|i| i.device == device) {
             let msg = format!("device `{}` is used by both `{}` and `{key}`", dev.v, other.key);
-            self.err(Diagnostic::error("duplicate", msg).at(dev.span, "used again here"));
+            let mut d = Diagnostic::error("duplicate", msg).at(dev.span, "used again here");
+            if let Some(first) = self.device_spans.get(&dev.v) {
+                d = d.also(*first, "first used here");
+            }
+            self.err(d);
             return None;
         }
+        self.device_spans.insert(dev.v.clone(), dev.span);
         let id = self.ifaces.len();
         self.ifaces.push(Iface { key: key.to_string(), device, zone, vpn });
         self.zones[zone].ifaces.push(id);
@@ -189,11 +197,12 @@ impl Resolver<'_> {
 
     fn interfaces(&mut self) {
         for i in &self.raw.interfaces {
-            if let Some(prev) = self.iface_ix.get(&i.name.v) {
-                let _ = prev;
-                self.err(Diagnostic::error("duplicate", format!("interface `{}` is defined twice", i.name.v)).at(i.name.span, "defined again here"));
+            if let Some(first) = self.iface_spans.get(&i.name.v) {
+                let first = *first;
+                self.err(Diagnostic::error("duplicate", format!("interface `{}` is defined twice", i.name.v)).at(i.name.span, "defined again here").also(first, "first defined here"));
                 continue;
             }
+            self.iface_spans.insert(i.name.v.clone(), i.name.span);
             let owner = format!("interface `{}`", i.name.v);
             let Some(dev) = &i.device else {
                 self.err(Diagnostic::error("missing-key", format!("{owner} has no `device`")).at(i.name.span, "add device = \"eth0\" (the kernel name)"));
@@ -408,8 +417,14 @@ impl Resolver<'_> {
         if let Some((s, _)) = self.services.get(&r.v) {
             return Some(s.clone());
         }
-        let d = if self.names.contains_key(&r.v) {
-            Diagnostic::error("wrong-kind", format!("`{}` is not a service (it is a zone, host, group or peer)", r.v)).at(r.span, "expected a service")
+        let d = if let Some((named, _)) = self.names.get(&r.v) {
+            let kind = match named {
+                Named::Zone(_) => "a zone",
+                Named::Host(_) => "a host",
+                Named::Group(..) => "a group",
+                Named::Peer(_) => "a VPN peer",
+            };
+            Diagnostic::error("wrong-kind", format!("`{}` is {kind}, not a service", r.v)).at(r.span, "expected a service")
         } else {
             let all = BUILTIN_NAMES.iter().copied().chain(self.services.keys().map(|k| k.as_str()));
             match suggest(&r.v, all) {
@@ -658,20 +673,27 @@ impl Resolver<'_> {
     fn vpns(&mut self) -> Vec<Vpn> {
         let raw = self.raw;
         let mut out = vec![];
-        let mut seen_ports: HashMap<i64, String> = HashMap::new();
+        let mut seen_ports: HashMap<i64, (String, Span)> = HashMap::new();
         for v in &raw.vpns {
             let owner = format!("vpn `{}`", v.name.v);
-            let Some(z) = &v.zone else {
-                self.err(Diagnostic::error("missing-key", format!("{owner} has no `zone`")).at(v.name.span, "add zone = \"admins\""));
-                continue;
+            // A VPN with a bad zone is still read to the end, so that its peers are
+            // declared and rules naming them do not report a second, false error.
+            let zone = match &v.zone {
+                Some(z) => self.zone_ref(z, &owner),
+                None => {
+                    self.err(Diagnostic::error("missing-key", format!("{owner} has no `zone`")).at(v.name.span, "add zone = \"admins\""));
+                    None
+                }
             };
-            let Some(zone) = self.zone_ref(z, &owner) else { continue };
-            let Some(iface) = self.add_iface(&v.name.v, &v.name, zone, true) else { continue };
+            let iface = zone.and_then(|zone| self.add_iface(&v.name.v, &v.name, zone, true));
             let listen_port = match &v.listen_port {
                 Some(p) => match u16::try_from(p.v) {
                     Ok(x) if x > 0 => {
-                        if let Some(other) = seen_ports.insert(p.v, v.name.v.clone()) {
-                            self.err(Diagnostic::error("duplicate", format!("listen_port {} is used by vpn `{other}` too", p.v)).at(p.span, "port already used"));
+                        if let Some((other, first)) = seen_ports.get(&p.v) {
+                            let (other, first) = (other.clone(), *first);
+                            self.err(Diagnostic::error("duplicate", format!("listen_port {} is used by vpn `{other}` too", p.v)).at(p.span, "port already used").also(first, "first used here"));
+                        } else {
+                            seen_ports.insert(p.v, (v.name.v.clone(), p.span));
                         }
                         x
                     }
@@ -773,6 +795,7 @@ impl Resolver<'_> {
                     }
                 }
             }
+            let (Some(zone), Some(iface)) = (zone, iface) else { continue };
             out.push(Vpn {
                 name: IfName::new(&v.name.v).expect("validated by add_iface"),
                 span: v.name.span,
@@ -849,11 +872,11 @@ impl Resolver<'_> {
                 continue;
             };
             let Some(set) = self.service(svc) else { continue };
-            for f in &from.v {
-                for t in &to.v {
-                    if let Some(flow) = self.flow(ep, m.span, f, t, set.representatives(), svc.v.clone()) {
-                        out.push(flow);
-                    }
+            let froms: Vec<Option<Endpoint>> = from.v.iter().map(|f| self.endpoint(ep, f)).collect();
+            let tos: Vec<Option<Endpoint>> = to.v.iter().map(|t| self.endpoint(ep, t)).collect();
+            for f in froms.iter().flatten() {
+                for t in tos.iter().flatten() {
+                    out.push(Flow { span: m.span, from: f.clone(), to: t.clone(), probes: set.representatives(), service_text: svc.v.clone() });
                 }
             }
         }
@@ -881,6 +904,14 @@ impl Resolver<'_> {
                 }
             };
             let (probes, text) = match (&t.service, &t.proto, &t.port) {
+                (Some(_), Some(p), _) => {
+                    self.err(Diagnostic::error("invalid-value", "a test has both `service` and `proto`: give one or the other").at(p.span, "remove this, or remove `service`"));
+                    continue;
+                }
+                (Some(_), None, Some(p)) => {
+                    self.err(Diagnostic::error("invalid-value", "a test has both `service` and `port`: `port` goes with `proto`").at(p.span, "remove this, or replace `service` by `proto`"));
+                    continue;
+                }
                 (Some(s), None, None) => match self.service(s) {
                     Some(set) => (set.representatives(), s.v.clone()),
                     None => continue,

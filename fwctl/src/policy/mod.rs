@@ -68,7 +68,7 @@ pub fn parse_file(sm: &SourceMap, file: FileId, raw: &mut RawPolicy, diags: &mut
         Ok(d) => d,
         Err(e) => {
             let span = Span::new(file, e.span().unwrap_or(0..0));
-            let msg = e.message().trim().to_string();
+            let msg = e.message().trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": ");
             diags.push(Diagnostic::error("syntax", format!("invalid TOML: {msg}")).at(span, "here"));
             return;
         }
@@ -397,22 +397,22 @@ impl Walker<'_> {
     fn firewall(&mut self, item: &Item, span: Span, fw: &mut RawFirewall) {
         let Some(t) = self.table(item, span, "[firewall]") else { return };
         self.known_keys(t, &["name", "default", "log_default", "management", "offload"], "[firewall]", span);
-        let once = |w: &mut Self, slot_set: bool, key: &str| {
-            if slot_set {
-                let ks = w.key_span(t, key, span);
-                w.err(Diagnostic::error("duplicate", format!("`firewall.{key}` is set in more than one file")).at(ks, "set again here"));
+        let once = |w: &mut Self, first: Option<Span>, tbl: &dyn TableLike, key: &str, shown: &str| {
+            if let Some(first) = first {
+                let ks = w.key_span(tbl, key, span);
+                w.err(Diagnostic::error("duplicate", format!("`firewall.{shown}` is set in more than one file")).at(ks, "set again here").also(first, "first set here"));
             }
         };
         if t.contains_key("name") {
-            once(self, fw.name.is_some(), "name");
+            once(self, fw.name.as_ref().map(|v| v.span), t, "name", "name");
             fw.name = self.opt_str(t, "name", span);
         }
         if t.contains_key("default") {
-            once(self, fw.default.is_some(), "default");
+            once(self, fw.default.as_ref().map(|v| v.span), t, "default", "default");
             fw.default = self.opt_str(t, "default", span);
         }
         if t.contains_key("log_default") {
-            once(self, fw.log_default.is_some(), "log_default");
+            once(self, fw.log_default.as_ref().map(|v| v.span), t, "log_default", "log_default");
             fw.log_default = self.opt_bool(t, "log_default", span);
         }
         if let Some(m) = t.get("management") {
@@ -434,7 +434,7 @@ impl Walker<'_> {
             if let Some(ot) = self.table(o, os, "[firewall.offload]") {
                 self.known_keys(ot, &["flowtable"], "[firewall.offload]", os);
                 if ot.contains_key("flowtable") {
-                    once(self, fw.flowtable.is_some(), "offload.flowtable");
+                    once(self, fw.flowtable.as_ref().map(|v| v.span), ot, "flowtable", "offload.flowtable");
                     fw.flowtable = self.opt_str(ot, "flowtable", os);
                 }
             }
