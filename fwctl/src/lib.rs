@@ -15,6 +15,8 @@ pub mod cli;
 pub mod compile;
 pub mod diag;
 pub mod eval;
+#[doc(hidden)]
+pub mod gen;
 pub mod lab;
 pub mod model;
 pub mod policy;

@@ -5,23 +5,26 @@
 //! (source key, destination key, protocol, port) whose elements are disjoint.
 //!
 //! How: a packet's *context* on each side is the appliance itself (`LOCAL`), an
-//! interface zone, or an unknown interface (`OTHER`). In a context, a rule side is
-//! either *broad* (matches every address there: `any`, `self`, a zone without
-//! networks) or a set of addresses. Addresses are classified by the exact set of
-//! rules whose side contains them (their *signature*); a class id is 24 bits, the
-//! context id goes in the top 8 bits of the same 32-bit mark. A rule then becomes
-//! cells keyed by class (specific side) or by context (broad side) — four layer
-//! kinds per action. Deny layers are looked up first, then allow layers: the first
-//! hit decides, which is exactly "allowed iff some allow matches and no deny does".
+//! interface zone, or an unknown interface (`OTHER`). In a context, each term of a
+//! rule side is *broad* (every address there: `any`, `self`, a zone without
+//! networks), *coarse* (a group, a zone's networks) or *fine* (a host, a peer, a
+//! literal address or CIDR). Coarse and fine terms are classified separately: an
+//! address's class in a family is the exact set of rules whose terms of that
+//! family contain it (its *signature*). Keeping families apart stops host-level
+//! rules from splitting groups into many classes (which would multiply every
+//! group-to-group rule). One 32-bit mark carries, in separate bit fields, the
+//! context id, the coarse class and the fine class. A rule becomes cells keyed by
+//! one field on each side — nine layer kinds per action, only the non-empty ones
+//! emitted. Deny layers are looked up first, then allow layers: the first hit
+//! decides, which is exactly "allowed iff some allow matches and no deny does".
 //! Must not: depend on rule order, or emit overlapping elements into one map.
 
+use crate::model::addr::AddrSet;
 use crate::model::{Action, Policy, Proto, RuleId, ServiceSet, Side};
 use std::collections::{BTreeSet, HashMap};
 
 pub const LOCAL: u8 = 1;
 pub const OTHER: u8 = 2;
-pub const CLASS_MASK: u32 = 0x00ff_ffff;
-pub const ZONE_MASK: u32 = 0xff00_0000;
 
 pub fn zone_ctx(zone: usize) -> u8 {
     3 + zone as u8
@@ -36,27 +39,65 @@ pub fn proto_num(p: Proto) -> u8 {
     }
 }
 
+/// Which field of a side's mark a layer keys on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
-    /// The address class (mark & CLASS_MASK).
-    Class,
-    /// The context (mark & ZONE_MASK).
+    /// The context (zone of the interface, the appliance, or unknown).
     Zone,
+    /// The coarse class (groups, zone networks).
+    Coarse,
+    /// The fine class (hosts, peers, literal addresses).
+    Fine,
 }
 
 impl KeyKind {
-    pub fn mask(self) -> u32 {
-        match self {
-            KeyKind::Class => CLASS_MASK,
-            KeyKind::Zone => ZONE_MASK,
-        }
-    }
     fn letter(self) -> char {
         match self {
-            KeyKind::Class => 'c',
             KeyKind::Zone => 'z',
+            KeyKind::Coarse => 'c',
+            KeyKind::Fine => 'f',
         }
+    }
+}
+
+/// Where each field sits in a side's 32-bit mark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packing {
+    pub fine_bits: u32,
+    pub coarse_bits: u32,
+    pub zone_bits: u32,
+}
+
+fn bits_for(max: u64) -> u32 {
+    64 - max.leading_zeros()
+}
+
+impl Packing {
+    pub fn shift(&self, k: KeyKind) -> u32 {
+        match k {
+            KeyKind::Fine => 0,
+            KeyKind::Coarse => self.fine_bits,
+            KeyKind::Zone => 32 - self.zone_bits,
+        }
+    }
+    pub fn mask(&self, k: KeyKind) -> u32 {
+        let width = match k {
+            KeyKind::Fine => self.fine_bits,
+            KeyKind::Coarse => self.coarse_bits,
+            KeyKind::Zone => self.zone_bits,
+        };
+        if width == 0 {
+            0
+        } else {
+            (((1u64 << width) - 1) << self.shift(k)) as u32
+        }
+    }
+    pub fn put(&self, k: KeyKind, v: u32) -> u32 {
+        v << self.shift(k)
+    }
+    pub fn zone(&self, ctx: u8) -> u32 {
+        self.put(KeyKind::Zone, u32::from(ctx))
     }
 }
 
@@ -97,6 +138,9 @@ pub struct Layer {
     pub action: Option<Action>,
     pub src: Option<KeyKind>,
     pub dst: Option<KeyKind>,
+    /// Masks applied to the source mark and the destination (conntrack) mark.
+    pub smask: u32,
+    pub dmask: u32,
     /// (src key, dst key, proto, port) → rules.
     pub exact: Vec<((u32, u32, u8, u16), Rules)>,
     /// (src key, dst key, proto, port range) → rules.
@@ -135,6 +179,8 @@ pub struct Decision {
     pub layers: Vec<Layer>,
     pub src_classes: usize,
     pub dst_classes: usize,
+    pub src_pack: Packing,
+    pub dst_pack: Packing,
     /// Whether any rule can affect the appliance's own traffic (output path).
     pub output_relevant: bool,
 }
@@ -148,32 +194,31 @@ impl Decision {
     }
 }
 
-/// How a rule side behaves in one context.
-enum InCtx {
-    No,
-    Broad,
-    Addrs(crate::model::addr::AddrSet),
+/// A rule side in one context: broad, or coarse and fine address sets.
+struct Terms {
+    broad: bool,
+    coarse: AddrSet,
+    fine: AddrSet,
 }
 
-fn side_in(p: &Policy, s: &Side, ctx: u8) -> InCtx {
-    if s.any || (ctx == LOCAL && s.self_) {
-        return InCtx::Broad;
+impl Terms {
+    fn applies(&self) -> bool {
+        self.broad || !self.coarse.is_empty() || !self.fine.is_empty()
     }
-    let mut addrs = s.addrs.clone();
+}
+
+fn terms_in(p: &Policy, s: &Side, ctx: u8) -> Terms {
+    let mut t = Terms { broad: s.any || (ctx == LOCAL && s.self_), coarse: s.coarse.clone(), fine: s.fine.clone() };
     if ctx >= 3 {
         let z = (ctx - 3) as usize;
         if s.zones.contains(&z) {
             match &p.zones[z].networks {
-                None => return InCtx::Broad,
-                Some(n) => addrs = addrs.union(n),
+                None => t.broad = true,
+                Some(n) => t.coarse = t.coarse.union(n),
             }
         }
     }
-    if addrs.is_empty() {
-        InCtx::No
-    } else {
-        InCtx::Addrs(addrs)
-    }
+    t
 }
 
 fn zobrist(i: usize) -> u128 {
@@ -193,13 +238,35 @@ struct Classifier {
     ids: HashMap<u128, u32>,
     of_rule: Vec<Vec<u32>>,
     keys: Vec<u128>,
+    /// Contexts often see the very same terms (address-only terms apply in every
+    /// zone): remember the last inputs and their results.
+    memo4: Vec<(Vec<(u32, u32, usize)>, Vec<(u32, u32, u32)>)>,
+    memo6: Vec<(Vec<(u128, u128, usize)>, Vec<(u128, u128, u32)>)>,
 }
 
 impl Classifier {
     fn new(rules: usize) -> Classifier {
         let mut ids = HashMap::new();
         ids.insert(0u128, 0u32);
-        Classifier { ids, of_rule: vec![vec![]; rules], keys: (0..rules).map(zobrist).collect() }
+        Classifier { ids, of_rule: vec![vec![]; rules], keys: (0..rules).map(zobrist).collect(), memo4: vec![], memo6: vec![] }
+    }
+
+    fn sweep4(&mut self, iv: Vec<(u32, u32, usize)>) -> Vec<(u32, u32, u32)> {
+        if let Some((_, out)) = self.memo4.iter().find(|(i, _)| *i == iv) {
+            return out.clone();
+        }
+        let out = self.sweep(iv.clone());
+        self.memo4.push((iv, out.clone()));
+        out
+    }
+
+    fn sweep6(&mut self, iv: Vec<(u128, u128, usize)>) -> Vec<(u128, u128, u32)> {
+        if let Some((_, out)) = self.memo6.iter().find(|(i, _)| *i == iv) {
+            return out.clone();
+        }
+        let out = self.sweep(iv.clone());
+        self.memo6.push((iv, out.clone()));
+        out
     }
 
     /// Sweep one context/family: (lo, hi, rule) intervals → disjoint (lo, hi, class)
@@ -259,6 +326,10 @@ impl Classifier {
 
 /// Disjoint atoms of (lo, hi, rule) ranges, each with the rules covering it.
 fn atoms<T: crate::model::addr::Point>(items: &[(T, T, RuleId)]) -> Vec<(T, T, Rules)> {
+    // One rule: its ranges are already disjoint and sorted.
+    if items.iter().all(|x| x.2 == items[0].2) {
+        return items.iter().map(|&(lo, hi, r)| (lo, hi, vec![r])).collect();
+    }
     let mut events: Vec<(T, bool, RuleId)> = vec![];
     for &(lo, hi, r) in items {
         events.push((lo, true, r));
@@ -301,81 +372,150 @@ pub fn contexts(p: &Policy) -> Vec<u8> {
     v
 }
 
-pub fn build(p: &Policy) -> Decision {
+/// Two full-coverage interval lists → one, with values `a | b`.
+fn merge_maps<T: crate::model::addr::Point>(a: &[(T, T, u32)], b: &[(T, T, u32)]) -> Vec<(T, T, u32)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out: Vec<(T, T, u32)> = vec![];
+    while i < a.len() && j < b.len() {
+        let lo = a[i].0.max(b[j].0);
+        let hi = a[i].1.min(b[j].1);
+        let v = a[i].2 | b[j].2;
+        match out.last_mut() {
+            Some(last) if last.2 == v => last.1 = hi,
+            _ => out.push((lo, hi, v)),
+        }
+        if a[i].1 == hi {
+            i += 1;
+        }
+        if b[j].1 == hi {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// Per context, per family, the class intervals (v4, v6) before packing.
+type FamilyMaps = (Vec<(u32, u32, u32)>, Vec<(u128, u128, u32)>);
+
+struct SideClasses {
+    coarse: Classifier,
+    fine: Classifier,
+    zones: Vec<Vec<u8>>,
+    per_ctx: Vec<(u8, FamilyMaps, FamilyMaps)>,
+}
+
+/// More classes than fit the 32-bit mark next to the context id.
+#[derive(Debug)]
+pub struct TooManyClasses {
+    pub coarse: usize,
+    pub fine: usize,
+}
+
+pub fn build(p: &Policy) -> Result<Decision, TooManyClasses> {
     let ctxs = contexts(p);
     let rules: Vec<RuleId> = (0..p.rules.len()).filter(|&r| p.rules[r].active()).collect();
     let n = p.rules.len();
-    let mut src_cls = Classifier::new(n);
-    let mut dst_cls = Classifier::new(n);
-    let mut src_zones: Vec<Vec<u8>> = vec![vec![]; n];
-    let mut dst_zones: Vec<Vec<u8>> = vec![vec![]; n];
-    let mut src_maps = vec![];
-    let mut dst_maps = vec![];
     let mut output_relevant = false;
-    for &ctx in &ctxs {
-        for (is_src, cls, zones, maps) in
-            [(true, &mut src_cls, &mut src_zones, &mut src_maps), (false, &mut dst_cls, &mut dst_zones, &mut dst_maps)]
-        {
-            let mut v4 = vec![];
-            let mut v6 = vec![];
+    let mut sides: Vec<SideClasses> = vec![];
+    for is_src in [true, false] {
+        let mut sc = SideClasses { coarse: Classifier::new(n), fine: Classifier::new(n), zones: vec![vec![]; n], per_ctx: vec![] };
+        for &ctx in &ctxs {
+            let (mut c4, mut c6, mut f4, mut f6) = (vec![], vec![], vec![], vec![]);
             for &r in &rules {
                 let rule = &p.rules[r];
-                let side = if is_src { &rule.from } else { &rule.to };
-                match side_in(p, side, ctx) {
-                    InCtx::No => {}
-                    InCtx::Broad => zones[r].push(ctx),
-                    InCtx::Addrs(a) => {
-                        v4.extend(a.v4.ranges().iter().map(|&(l, h)| (l, h, r)));
-                        v6.extend(a.v6.ranges().iter().map(|&(l, h)| (l, h, r)));
-                    }
-                }
-                if is_src && ctx == LOCAL && rule.action == Action::Deny && !matches!(side_in(p, side, ctx), InCtx::No) {
+                let t = terms_in(p, if is_src { &rule.from } else { &rule.to }, ctx);
+                if is_src && ctx == LOCAL && rule.action == Action::Deny && t.applies() {
                     output_relevant = true;
                 }
+                if t.broad {
+                    sc.zones[r].push(ctx);
+                    continue;
+                }
+                c4.extend(t.coarse.v4.ranges().iter().map(|&(l, h)| (l, h, r)));
+                c6.extend(t.coarse.v6.ranges().iter().map(|&(l, h)| (l, h, r)));
+                f4.extend(t.fine.v4.ranges().iter().map(|&(l, h)| (l, h, r)));
+                f6.extend(t.fine.v6.ranges().iter().map(|&(l, h)| (l, h, r)));
             }
-            let map = ClassMap { v4: cls.sweep(v4), v6: cls.sweep(v6) };
-            maps.push((ctx, map));
+            let coarse = (sc.coarse.sweep4(c4), sc.coarse.sweep6(c6));
+            let fine = (sc.fine.sweep4(f4), sc.fine.sweep6(f6));
+            sc.per_ctx.push((ctx, coarse, fine));
+        }
+        sides.push(sc);
+    }
+    let zone_bits = bits_for(u64::from(*ctxs.iter().max().expect("contexts")));
+    let pack = |sc: &SideClasses| Packing {
+        fine_bits: bits_for(sc.fine.ids.len() as u64 - 1),
+        coarse_bits: bits_for(sc.coarse.ids.len() as u64 - 1),
+        zone_bits,
+    };
+    let packs = [pack(&sides[0]), pack(&sides[1])];
+    for (sc, pk) in sides.iter().zip(&packs) {
+        if pk.fine_bits + pk.coarse_bits + pk.zone_bits > 32 {
+            return Err(TooManyClasses { coarse: sc.coarse.ids.len(), fine: sc.fine.ids.len() });
         }
     }
-    let mut cells: HashMap<(Action, KeyKind, KeyKind, u32, u32), Vec<RuleId>> = HashMap::new();
+    let maps: Vec<Vec<(u8, ClassMap)>> = sides
+        .iter()
+        .zip(&packs)
+        .map(|(sc, pk)| {
+            sc.per_ctx
+                .iter()
+                .map(|(ctx, c, f)| {
+                    let shift_c = |v: &[(u32, u32, u32)]| v.iter().map(|&(l, h, x)| (l, h, pk.put(KeyKind::Coarse, x))).collect::<Vec<_>>();
+                    let shift_c6 = |v: &[(u128, u128, u32)]| v.iter().map(|&(l, h, x)| (l, h, pk.put(KeyKind::Coarse, x))).collect::<Vec<_>>();
+                    (*ctx, ClassMap { v4: merge_maps(&shift_c(&c.0), &f.0), v6: merge_maps(&shift_c6(&c.1), &f.1) })
+                })
+                .collect()
+        })
+        .collect();
+    let mut cell_list: Vec<((bool, KeyKind, KeyKind, u32, u32), RuleId)> = vec![];
     for &r in &rules {
         let rule = &p.rules[r];
-        let ctx_key = |c: u8| u32::from(c) << 24;
-        let srcs: Vec<(KeyKind, u32, Option<u8>)> = src_zones[r]
-            .iter()
-            .map(|&c| (KeyKind::Zone, ctx_key(c), Some(c)))
-            .chain(src_cls.of_rule[r].iter().map(|&c| (KeyKind::Class, c, None)))
-            .collect();
-        let dsts: Vec<(KeyKind, u32, Option<u8>)> = dst_zones[r]
-            .iter()
-            .map(|&c| (KeyKind::Zone, ctx_key(c), Some(c)))
-            .chain(dst_cls.of_rule[r].iter().map(|&c| (KeyKind::Class, c, None)))
-            .collect();
+        let keys = |sc: &SideClasses, pk: &Packing| -> Vec<(KeyKind, u32, Option<u8>)> {
+            sc.zones[r]
+                .iter()
+                .map(|&c| (KeyKind::Zone, pk.zone(c), Some(c)))
+                .chain(sc.coarse.of_rule[r].iter().map(|&c| (KeyKind::Coarse, pk.put(KeyKind::Coarse, c), None)))
+                .chain(sc.fine.of_rule[r].iter().map(|&c| (KeyKind::Fine, pk.put(KeyKind::Fine, c), None)))
+                .collect()
+        };
+        let srcs = keys(&sides[0], &packs[0]);
+        let dsts = keys(&sides[1], &packs[1]);
         for &(sk, sv, sc) in &srcs {
             for &(dk, dv, dc) in &dsts {
                 if sc == Some(LOCAL) && dc == Some(LOCAL) {
                     continue; // loopback, always accepted
                 }
-                cells.entry((rule.action, sk, dk, sv, dv)).or_default().push(r);
+                cell_list.push(((rule.action == Action::Allow, sk, dk, sv, dv), r));
             }
         }
     }
+    let kinds = [KeyKind::Fine, KeyKind::Coarse, KeyKind::Zone];
     let mut layers: Vec<Layer> = vec![];
-    let order = [Action::Deny, Action::Allow];
-    let kinds = [(KeyKind::Class, KeyKind::Class), (KeyKind::Class, KeyKind::Zone), (KeyKind::Zone, KeyKind::Class), (KeyKind::Zone, KeyKind::Zone)];
-    for a in order {
-        for (sk, dk) in kinds {
-            layers.push(Layer { action: Some(a), src: Some(sk), dst: Some(dk), ..Default::default() });
+    for a in [Action::Deny, Action::Allow] {
+        for sk in kinds {
+            for dk in kinds {
+                layers.push(Layer { action: Some(a), src: Some(sk), dst: Some(dk), smask: packs[0].mask(sk), dmask: packs[1].mask(dk), ..Default::default() });
+            }
         }
     }
     let layer_ix = |a: Action, sk: KeyKind, dk: KeyKind| {
-        order.iter().position(|x| *x == a).unwrap() * 4 + kinds.iter().position(|k| *k == (sk, dk)).unwrap()
+        usize::from(a == Action::Allow) * 9 + kinds.iter().position(|k| *k == sk).unwrap() * 3 + kinds.iter().position(|k| *k == dk).unwrap()
     };
-    let mut keys: Vec<_> = cells.keys().copied().collect();
-    keys.sort_unstable_by_key(|k| (k.0 == Action::Allow, k.1, k.2, k.3, k.4));
-    for k in keys {
-        let rs = &cells[&k];
-        let layer = &mut layers[layer_ix(k.0, k.1, k.2)];
+    cell_list.sort_unstable();
+    cell_list.dedup();
+    let mut start = 0;
+    while start < cell_list.len() {
+        let k = cell_list[start].0;
+        let mut end = start;
+        while end < cell_list.len() && cell_list[end].0 == k {
+            end += 1;
+        }
+        let rs: Vec<RuleId> = cell_list[start..end].iter().map(|x| x.1).collect();
+        start = end;
+        let rs = &rs;
+        let action = if k.0 { Action::Allow } else { Action::Deny };
+        let layer = &mut layers[layer_ix(action, k.1, k.2)];
         let (sv, dv) = (k.3, k.4);
         let svc = |f: &dyn Fn(&ServiceSet) -> Vec<(u16, u16)>| -> Vec<(u16, u16, RuleId)> {
             rs.iter().flat_map(|&r| f(&p.rules[r].services).into_iter().map(move |(a, b)| (a, b, r))).collect()
@@ -413,14 +553,17 @@ pub fn build(p: &Policy) -> Decision {
         }
     }
     layers.retain(|l| !l.is_empty());
-    Decision {
+    let [src_maps, dst_maps]: [Vec<(u8, ClassMap)>; 2] = maps.try_into().expect("two sides");
+    Ok(Decision {
         src: src_maps,
         dst: dst_maps,
         layers,
-        src_classes: src_cls.ids.len(),
-        dst_classes: dst_cls.ids.len(),
+        src_classes: sides[0].coarse.ids.len() + sides[0].fine.ids.len(),
+        dst_classes: sides[1].coarse.ids.len() + sides[1].fine.ids.len(),
+        src_pack: packs[0],
+        dst_pack: packs[1],
         output_relevant,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl std::fmt::Display for CompileError {
                 "firewall.offload.flowtable = \"required\", but this kernel has no flowtable support (NF_FLOW_TABLE); use \"auto\" to run without offload"
             ),
             CompileError::Nat(m) => write!(f, "{m}"),
-            CompileError::TooManyClasses(n) => write!(f, "the policy needs {n} address classes; at most 16777215 fit"),
+            CompileError::TooManyClasses(n) => write!(f, "the policy needs {n} address classes on one side: more than fit a 32-bit mark next to the zone id"),
         }
     }
 }
@@ -56,10 +56,7 @@ pub struct Compiled {
 }
 
 pub fn compile(p: &Policy, caps: Capabilities) -> Result<Compiled, CompileError> {
-    let decision = decide::build(p);
-    if decision.src_classes >= (1 << 24) || decision.dst_classes >= (1 << 24) {
-        return Err(CompileError::TooManyClasses(decision.src_classes.max(decision.dst_classes)));
-    }
+    let decision = decide::build(p).map_err(|e| CompileError::TooManyClasses(e.coarse + e.fine))?;
     let mut b = Builder { p, sets: vec![], chains: vec![], notes: vec![] };
     let flowtable = b.flowtable(caps)?;
     b.filter(&decision, flowtable.is_some());
@@ -188,14 +185,16 @@ impl Builder<'_> {
         for layer in &d.layers {
             let name = layer.name();
             let (sk, dk) = (layer.src.expect("set"), layer.dst.expect("set"));
-            let key_expr = |tail: &str| format!("meta mark & 0x{:08x} . ct mark & 0x{:08x} . {tail}", sk.mask(), dk.mask());
+            let (sm, dm) = (layer.smask, layer.dmask);
+            let key_expr = |tail: &str| format!("meta mark & 0x{sm:08x} . ct mark & 0x{dm:08x} . {tail}");
             let action = layer.action();
             let what = match action {
                 Action::Allow => "allow",
                 Action::Deny => "deny",
             };
             let kind = |k: KeyKind| match k {
-                KeyKind::Class => "address class",
+                KeyKind::Fine => "host class",
+                KeyKind::Coarse => "group class",
                 KeyKind::Zone => "zone",
             };
             let comment = format!("{what} rules by source {} and destination {}", kind(sk), kind(dk));
@@ -249,14 +248,14 @@ impl Builder<'_> {
         let src = self.class_sets("src", &d.src);
         let dst = self.class_sets("dst", &d.dst);
         let lookups = self.decision_sets(d);
-        let zone_bits = |ctx: u8| format!("0x{:08x}", u32::from(ctx) << 24);
+        let (spk, dpk) = (d.src_pack, d.dst_pack);
         let set_src = |ctx: u8| -> Vec<String> {
             let (_, n4, n6) = src.iter().find(|x| x.0 == ctx).expect("context");
-            vec![format!("meta mark set ip saddr map @{n4}"), format!("meta mark set ip6 saddr map @{n6}"), format!("meta mark set meta mark | {}", zone_bits(ctx))]
+            vec![format!("meta mark set ip saddr map @{n4}"), format!("meta mark set ip6 saddr map @{n6}"), format!("meta mark set meta mark | 0x{:08x}", spk.zone(ctx))]
         };
         let set_dst = |ctx: u8| -> Vec<String> {
             let (_, n4, n6) = dst.iter().find(|x| x.0 == ctx).expect("context");
-            vec![format!("ct mark set ip daddr map @{n4}"), format!("ct mark set ip6 daddr map @{n6}"), format!("ct mark set ct mark | {}", zone_bits(ctx))]
+            vec![format!("ct mark set ip daddr map @{n4}"), format!("ct mark set ip6 daddr map @{n6}"), format!("ct mark set ct mark | 0x{:08x}", dpk.zone(ctx))]
         };
         let zone_ctxs: Vec<u8> = decide::contexts(p).into_iter().filter(|c| *c >= 3).collect();
         let devs_of = |ctx: u8| -> Vec<String> { p.zones[(ctx - 3) as usize].ifaces.iter().map(|&i| p.ifaces[i].device.to_string()).collect() };

@@ -50,8 +50,8 @@ impl<'a> Sim<'a> {
                 }
                 LayerIx {
                     action: l.action(),
-                    smask: l.src.expect("set").mask(),
-                    dmask: l.dst.expect("set").mask(),
+                    smask: l.smask,
+                    dmask: l.dmask,
                     exact: l.exact.iter().cloned().collect(),
                     ranges,
                     icmp4: l.icmp4.iter().cloned().collect(),
@@ -83,8 +83,8 @@ impl<'a> Sim<'a> {
             Hook::Forward => (ctx_of(&pkt.iif), ctx_of(&pkt.oif)),
             Hook::Output => (LOCAL, ctx_of(&pkt.oif)),
         };
-        let s = self.d.src_map(sctx).lookup(pkt.src) | (u32::from(sctx) << 24);
-        let t = self.d.dst_map(dctx).lookup(pkt.dst) | (u32::from(dctx) << 24);
+        let s = self.d.src_map(sctx).lookup(pkt.src) | self.d.src_pack.zone(sctx);
+        let t = self.d.dst_map(dctx).lookup(pkt.dst) | self.d.dst_pack.zone(dctx);
         let refuse = if p.default == DefaultVerdict::Reject { Verdict::Reject } else { Verdict::Drop };
         let v4 = pkt.src.is_ipv4();
         for (l, layer) in self.layers.iter().zip(&self.d.layers) {

@@ -101,6 +101,11 @@ pub struct Side {
     pub self_: bool,
     pub addrs: AddrSet,
     pub zones: Vec<ZoneId>,
+    /// `addrs` split by how the policy named them, for the compiler's
+    /// classification: hosts, peers and literal addresses/CIDRs (`fine`), groups
+    /// and zones without interfaces (`coarse`). `addrs = fine ∪ coarse`.
+    pub fine: AddrSet,
+    pub coarse: AddrSet,
 }
 
 impl Side {

@@ -340,13 +340,19 @@ impl Resolver<'_> {
                 Named::Zone(z) => {
                     let zone = &self.zones[z];
                     if zone.ifaces.is_empty() {
-                        Some(Side { addrs: zone.networks.clone().unwrap_or_default(), ..Default::default() })
+                        let n = zone.networks.clone().unwrap_or_default();
+                        Some(Side { addrs: n.clone(), coarse: n, ..Default::default() })
                     } else {
                         Some(Side { zones: vec![z], ..Default::default() })
                     }
                 }
-                Named::Host(a) | Named::Peer(a) => Some(Side { addrs: a, ..Default::default() }),
-                Named::Group(..) => self.group(&s.v.clone(), stack),
+                Named::Host(a) | Named::Peer(a) => Some(Side { addrs: a.clone(), fine: a, ..Default::default() }),
+                // A group is a unit for classification: all its addresses are coarse.
+                Named::Group(..) => self.group(&s.v.clone(), stack).map(|mut g| {
+                    g.coarse = g.addrs.clone();
+                    g.fine = AddrSet::empty();
+                    g
+                }),
             };
         }
         let looks_like_addr = s.v.contains(':') || s.v.chars().next().is_some_and(|c| c.is_ascii_digit());
@@ -355,7 +361,7 @@ impl Resolver<'_> {
                 Ok(n) => {
                     let mut a = AddrSet::empty();
                     a.add_net(&n);
-                    Some(Side { addrs: a, ..Default::default() })
+                    Some(Side { addrs: a.clone(), fine: a, ..Default::default() })
                 }
                 Err(e) => {
                     self.err(net_error("address or CIDR", s, e));
@@ -965,6 +971,8 @@ fn merge(into: &mut Side, s: &Side) {
     into.any |= s.any;
     into.self_ |= s.self_;
     into.addrs = into.addrs.union(&s.addrs);
+    into.fine = into.fine.union(&s.fine);
+    into.coarse = into.coarse.union(&s.coarse);
     for z in &s.zones {
         if !into.zones.contains(z) {
             into.zones.push(*z);
