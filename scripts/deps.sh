@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what fwctl's build, lab and tests need on a Debian machine (idempotent).
+set -euo pipefail
+need=()
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v wg >/dev/null || need+=(wireguard-tools)
+command -v iperf3 >/dev/null || need+=(iperf3)
+command -v wireguard-go >/dev/null || need+=(wireguard-go)
+command -v cc >/dev/null || need+=(gcc)
+if ((${#need[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "deps: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+    echo "deps: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    echo "deps: cargo (Rust) is required: https://rustup.rs" >&2
+    exit 1
+fi

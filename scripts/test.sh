@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, golden, property, scale, and the privileged
+# end-to-end tests in network namespaces. As root they run; without root they
+# skip with a message — except under CI (CI set), where a missing prerequisite fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cargo build --quiet --all-targets
+cargo test --workspace -- --test-threads 4
+# No namespace may be left behind by the tests.
+if [ "$(id -u)" -eq 0 ] && ip netns list | grep -E '^(fwt|fwr|fwlab)' ; then
+    echo "test.sh: tests left network namespaces behind" >&2
+    exit 1
+fi
