@@ -19,6 +19,7 @@ pub mod eval;
 pub mod gen;
 pub mod lab;
 pub mod model;
+pub mod plan;
 pub mod policy;
 pub mod render;
 pub mod sys;

@@ -183,6 +183,8 @@ pub struct Decision {
     pub dst_pack: Packing,
     /// Whether any rule can affect the appliance's own traffic (output path).
     pub output_relevant: bool,
+    /// The class ids given to each signature (input to the next compilation).
+    pub alloc: Allocation,
 }
 
 impl Decision {
@@ -221,16 +223,21 @@ fn terms_in(p: &Policy, s: &Side, ctx: u8) -> Terms {
     t
 }
 
-fn zobrist(i: usize) -> u128 {
-    let mut x = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut next = || {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    (u128::from(next()) << 64) | u128::from(next())
+/// A rule's random-looking 128-bit key, derived from its name so that the same
+/// rule has the same key in every compilation (class ids can then be kept stable).
+fn rule_key(name: &str) -> u128 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(name.as_bytes());
+    u128::from_be_bytes(d[..16].try_into().expect("16 bytes"))
+}
+
+/// Class ids by signature for one (side, family), carried from one compilation to
+/// the next so that unchanged classes keep their ids (and a small policy change is
+/// a small change of set elements).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Allocation {
+    /// Signature hash (hex) → class id, for src coarse, src fine, dst coarse, dst fine.
+    pub families: [std::collections::BTreeMap<String, u32>; 4],
 }
 
 /// Assigns class ids by signature; remembers which classes contain each rule.
@@ -245,10 +252,44 @@ struct Classifier {
 }
 
 impl Classifier {
-    fn new(rules: usize) -> Classifier {
+    fn new(keys: Vec<u128>) -> Classifier {
         let mut ids = HashMap::new();
         ids.insert(0u128, 0u32);
-        Classifier { ids, of_rule: vec![vec![]; rules], keys: (0..rules).map(zobrist).collect(), memo4: vec![], memo6: vec![] }
+        Classifier { ids, of_rule: vec![vec![]; keys.len()], keys, memo4: vec![], memo6: vec![] }
+    }
+
+    /// Renumber classes: ids from `prev` where the signature existed, the lowest
+    /// free ids otherwise. Returns the old→new table and the new allocation.
+    fn stable_ids(&self, prev: Option<&std::collections::BTreeMap<String, u32>>) -> (Vec<u32>, std::collections::BTreeMap<String, u32>) {
+        let mut remap = vec![u32::MAX; self.ids.len()];
+        let mut taken = std::collections::BTreeSet::new();
+        let mut alloc = std::collections::BTreeMap::new();
+        let mut fresh = vec![];
+        for (&h, &t) in &self.ids {
+            if h == 0 {
+                remap[t as usize] = 0;
+                continue;
+            }
+            let key = format!("{h:032x}");
+            match prev.and_then(|p| p.get(&key)) {
+                Some(&id) if id != 0 && taken.insert(id) => {
+                    remap[t as usize] = id;
+                    alloc.insert(key, id);
+                }
+                _ => fresh.push((t, key)),
+            }
+        }
+        fresh.sort();
+        let mut next = 1u32;
+        for (t, key) in fresh {
+            while taken.contains(&next) {
+                next += 1;
+            }
+            taken.insert(next);
+            remap[t as usize] = next;
+            alloc.insert(key, next);
+        }
+        (remap, alloc)
     }
 
     fn sweep4(&mut self, iv: Vec<(u32, u32, usize)>) -> Vec<(u32, u32, u32)> {
@@ -411,14 +452,15 @@ pub struct TooManyClasses {
     pub fine: usize,
 }
 
-pub fn build(p: &Policy) -> Result<Decision, TooManyClasses> {
+pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, TooManyClasses> {
     let ctxs = contexts(p);
     let rules: Vec<RuleId> = (0..p.rules.len()).filter(|&r| p.rules[r].active()).collect();
     let n = p.rules.len();
+    let keys: Vec<u128> = p.rules.iter().map(|r| rule_key(&r.name)).collect();
     let mut output_relevant = false;
     let mut sides: Vec<SideClasses> = vec![];
     for is_src in [true, false] {
-        let mut sc = SideClasses { coarse: Classifier::new(n), fine: Classifier::new(n), zones: vec![vec![]; n], per_ctx: vec![] };
+        let mut sc = SideClasses { coarse: Classifier::new(keys.clone()), fine: Classifier::new(keys.clone()), zones: vec![vec![]; n], per_ctx: vec![] };
         for &ctx in &ctxs {
             let (mut c4, mut c6, mut f4, mut f6) = (vec![], vec![], vec![], vec![]);
             for &r in &rules {
@@ -442,13 +484,38 @@ pub fn build(p: &Policy) -> Result<Decision, TooManyClasses> {
         }
         sides.push(sc);
     }
+    // Stable class ids: keep the previous compilation's id for each signature.
+    let mut alloc = Allocation::default();
+    let mut max_ids = [[0u32; 2]; 2];
+    for (si, sc) in sides.iter_mut().enumerate() {
+        for (fi, fam) in [&mut sc.coarse, &mut sc.fine].into_iter().enumerate() {
+            let slot = si * 2 + fi;
+            let (remap, a) = fam.stable_ids(prev.map(|p| &p.families[slot]));
+            max_ids[si][fi] = a.values().copied().max().unwrap_or(0);
+            alloc.families[slot] = a;
+            for list in &mut fam.of_rule {
+                for c in list.iter_mut() {
+                    *c = remap[*c as usize];
+                }
+            }
+            for (_, coarse, fine) in &mut sc.per_ctx {
+                let maps = if fi == 0 { coarse } else { fine };
+                for x in &mut maps.0 {
+                    x.2 = remap[x.2 as usize];
+                }
+                for x in &mut maps.1 {
+                    x.2 = remap[x.2 as usize];
+                }
+            }
+        }
+    }
     let zone_bits = bits_for(u64::from(*ctxs.iter().max().expect("contexts")));
-    let pack = |sc: &SideClasses| Packing {
-        fine_bits: bits_for(sc.fine.ids.len() as u64 - 1),
-        coarse_bits: bits_for(sc.coarse.ids.len() as u64 - 1),
+    let pack = |si: usize| Packing {
+        fine_bits: bits_for(u64::from(max_ids[si][1])),
+        coarse_bits: bits_for(u64::from(max_ids[si][0])),
         zone_bits,
     };
-    let packs = [pack(&sides[0]), pack(&sides[1])];
+    let packs = [pack(0), pack(1)];
     for (sc, pk) in sides.iter().zip(&packs) {
         if pk.fine_bits + pk.coarse_bits + pk.zone_bits > 32 {
             return Err(TooManyClasses { coarse: sc.coarse.ids.len(), fine: sc.fine.ids.len() });
@@ -563,6 +630,7 @@ pub fn build(p: &Policy) -> Result<Decision, TooManyClasses> {
         src_pack: packs[0],
         dst_pack: packs[1],
         output_relevant,
+        alloc,
     })
 }
 
@@ -578,7 +646,7 @@ mod tests {
 
     #[test]
     fn sweep_covers_the_whole_space_with_signature_classes() {
-        let mut c = Classifier::new(3);
+        let mut c = Classifier::new(vec![11, 22, 33]);
         let m = c.sweep(vec![(10u32, 20, 0), (15, 30, 1), (100, 110, 0), (105, 110, 1)]);
         // [0,9] none, [10,14] {0}, [15,20] {0,1}, [21,30] {1}, [31,99] none, [100,104] {0}, [105,110] {0,1}, rest none
         assert_eq!(m.first().unwrap().0, 0);

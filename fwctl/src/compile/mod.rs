@@ -56,7 +56,13 @@ pub struct Compiled {
 }
 
 pub fn compile(p: &Policy, caps: Capabilities) -> Result<Compiled, CompileError> {
-    let decision = decide::build(p).map_err(|e| CompileError::TooManyClasses(e.coarse + e.fine))?;
+    compile_with(p, caps, None)
+}
+
+/// Compile, keeping the class ids of a previous compilation where signatures are
+/// unchanged (so that a small policy change is a small set-element change).
+pub fn compile_with(p: &Policy, caps: Capabilities, prev: Option<&decide::Allocation>) -> Result<Compiled, CompileError> {
+    let decision = decide::build(p, prev).map_err(|e| CompileError::TooManyClasses(e.coarse + e.fine))?;
     let mut b = Builder { p, sets: vec![], chains: vec![], notes: vec![] };
     let flowtable = b.flowtable(caps)?;
     b.filter(&decision, flowtable.is_some());

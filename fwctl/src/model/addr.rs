@@ -171,6 +171,14 @@ impl AddrSet {
         }
         AddrSet { v4: Ranges::from_ranges(v4), v6: Ranges::from_ranges(v6) }
     }
+    /// Add an inclusive range of one family (mixed families add nothing).
+    pub fn add_range(&mut self, lo: IpAddr, hi: IpAddr) {
+        match (lo, hi) {
+            (IpAddr::V4(l), IpAddr::V4(h)) => self.v4 = self.v4.union(&Ranges::single(u32::from(l), u32::from(h))),
+            (IpAddr::V6(l), IpAddr::V6(h)) => self.v6 = self.v6.union(&Ranges::single(u128::from(l), u128::from(h))),
+            _ => {}
+        }
+    }
     pub fn has_v4(&self) -> bool {
         !self.v4.is_empty()
     }

@@ -1,0 +1,8 @@
+//! Planning: what changes between the applied generation and the desired policy.
+//!
+//! `delta`: the ruleset change (set elements, chains) a machine executes.
+//! `flows`: the flow-level change a person reads (which new connections become
+//! allowed or denied), computed from the two compiled decision structures.
+//! Must not: touch the kernel.
+pub mod delta;
+pub mod flows;
