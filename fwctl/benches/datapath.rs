@@ -51,7 +51,10 @@ const PORT_COUNT: u64 = 65536 - PORT_FIRST;
 type R<T> = Result<T, String>;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -67,7 +70,11 @@ fn main() {
 
 fn prerequisites() -> R<()> {
     fwctl::sys::netns::prerequisites()?;
-    match Command::new("iperf3").arg("--version").stdin(Stdio::null()).output() {
+    match Command::new("iperf3")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
         Ok(o) if o.status.success() => Ok(()),
         _ => Err("iperf3 not found (apt-get install iperf3)".into()),
     }
@@ -83,7 +90,10 @@ const BENCH_RULE: &str = "\n[[rules]]\nname = \"bench\"\nfrom = \"internet\"\nto
 /// `[services]` table: TOML allows one `[services]` header) and rule (last).
 fn bench_policy_text(rules: usize) -> R<String> {
     let text = fwctl::gen::policy(&fwctl::gen::Shape::for_rules(rules), 42);
-    let at = text.find("\n[services]\n").ok_or("generated policy has no [services] table")? + "\n[services]\n".len();
+    let at = text
+        .find("\n[services]\n")
+        .ok_or("generated policy has no [services] table")?
+        + "\n[services]\n".len();
     let mut out = String::with_capacity(text.len() + 256);
     out.push_str(&text[..at]);
     out.push_str(BENCH_SERVICE);
@@ -94,10 +104,20 @@ fn bench_policy_text(rules: usize) -> R<String> {
 }
 
 fn load_policy(text: &str) -> R<Policy> {
-    let today = fwctl::model::Date { year: 2026, month: 11, day: 23 };
+    let today = fwctl::model::Date {
+        year: 2026,
+        month: 11,
+        day: 23,
+    };
     let loaded = fwctl::check::load_str("bench.toml", text, today);
     if loaded.has_errors() || loaded.policy.is_none() {
-        let errs: Vec<String> = loaded.diags.iter().filter(|d| d.is_error()).take(3).map(|d| format!("{d:?}")).collect();
+        let errs: Vec<String> = loaded
+            .diags
+            .iter()
+            .filter(|d| d.is_error())
+            .take(3)
+            .map(|d| format!("{d:?}"))
+            .collect();
         return Err(format!("bench policy is invalid: {}", errs.join("\n")));
     }
     Ok(loaded.policy.expect("checked"))
@@ -106,7 +126,10 @@ fn load_policy(text: &str) -> R<Policy> {
 /// The reference evaluator must accept both bench flows (fw eth0 → eth1).
 fn check_bench_flows(p: &Policy) -> R<()> {
     use fwctl::eval::{evaluate, Hook, Packet, Verdict};
-    for (proto, port) in [(fwctl::model::Proto::Tcp, TCP_PORT), (fwctl::model::Proto::Udp, UDP_PORT)] {
+    for (proto, port) in [
+        (fwctl::model::Proto::Tcp, TCP_PORT),
+        (fwctl::model::Proto::Udp, UDP_PORT),
+    ] {
         let pkt = Packet {
             hook: Hook::Forward,
             iif: Some("eth0".into()),
@@ -118,7 +141,10 @@ fn check_bench_flows(p: &Policy) -> R<()> {
         };
         let d = evaluate(p, &pkt);
         if d.verdict != Verdict::Accept {
-            return Err(format!("evaluate: bench flow {proto:?}/{port} is {:?} ({:?})", d.verdict, d.reason));
+            return Err(format!(
+                "evaluate: bench flow {proto:?}/{port} is {:?} ({:?})",
+                d.verdict, d.reason
+            ));
         }
     }
     Ok(())
@@ -153,7 +179,11 @@ impl Sets {
         self.count += 1;
         self.elements += key.1.len();
         let flags = if interval { " flags interval;" } else { "" };
-        let _ = writeln!(self.defs, "  set {name} {{ type {ty};{flags} elements = {{ {} }} }}", key.1.join(", "));
+        let _ = writeln!(
+            self.defs,
+            "  set {name} {{ type {ty};{flags} elements = {{ {} }} }}",
+            key.1.join(", ")
+        );
         self.by_content.insert(key, name.clone());
         format!("@{name}")
     }
@@ -165,7 +195,7 @@ fn v4_elem(lo: u32, hi: u32) -> (String, bool) {
         return (a.to_string(), false);
     }
     let size = u64::from(hi - lo) + 1;
-    if size.is_power_of_two() && u64::from(lo) % size == 0 {
+    if size.is_power_of_two() && u64::from(lo).is_multiple_of(size) {
         return (format!("{a}/{}", 32 - size.trailing_zeros()), true);
     }
     (format!("{a}-{b}"), true)
@@ -181,22 +211,37 @@ fn v6_elem(lo: u128, hi: u128) -> (String, bool) {
         return ("::/0".into(), true);
     }
     let size = span + 1;
-    if size.is_power_of_two() && lo % size == 0 {
+    if size.is_power_of_two() && lo.is_multiple_of(size) {
         return (format!("{a}/{}", 128 - size.trailing_zeros()), true);
     }
     (format!("{a}-{b}"), true)
 }
 
 /// `ip saddr X` / `ip6 daddr @set` for one family's addresses; None if empty.
-fn addr_match(sets: &mut Sets, set: &fwctl::model::addr::AddrSet, fam: Fam, dir: &str) -> Option<String> {
+fn addr_match(
+    sets: &mut Sets,
+    set: &fwctl::model::addr::AddrSet,
+    fam: Fam,
+    dir: &str,
+) -> Option<String> {
     let (elems, interval): (Vec<String>, bool) = match fam {
         Fam::V4 => {
-            let v: Vec<(String, bool)> = set.v4.ranges().iter().map(|&(l, h)| v4_elem(l, h)).collect();
+            let v: Vec<(String, bool)> = set
+                .v4
+                .ranges()
+                .iter()
+                .map(|&(l, h)| v4_elem(l, h))
+                .collect();
             let i = v.iter().any(|e| e.1);
             (v.into_iter().map(|e| e.0).collect(), i)
         }
         Fam::V6 => {
-            let v: Vec<(String, bool)> = set.v6.ranges().iter().map(|&(l, h)| v6_elem(l, h)).collect();
+            let v: Vec<(String, bool)> = set
+                .v6
+                .ranges()
+                .iter()
+                .map(|&(l, h)| v6_elem(l, h))
+                .collect();
             let i = v.iter().any(|e| e.1);
             (v.into_iter().map(|e| e.0).collect(), i)
         }
@@ -207,9 +252,15 @@ fn addr_match(sets: &mut Sets, set: &fwctl::model::addr::AddrSet, fam: Fam, dir:
     };
     match elems.len() {
         0 => None,
-        1 if elems[0] == "0.0.0.0/0" || elems[0] == "::/0" => Some(format!("meta nfproto {}", if fam == Fam::V4 { "ipv4" } else { "ipv6" })),
+        1 if elems[0] == "0.0.0.0/0" || elems[0] == "::/0" => Some(format!(
+            "meta nfproto {}",
+            if fam == Fam::V4 { "ipv4" } else { "ipv6" }
+        )),
         1 => Some(format!("{kw} {dir} {}", elems[0])),
-        _ => Some(format!("{kw} {dir} {}", sets.named(prefix, ty, interval, elems))),
+        _ => Some(format!(
+            "{kw} {dir} {}",
+            sets.named(prefix, ty, interval, elems)
+        )),
     }
 }
 
@@ -236,7 +287,11 @@ fn side_alternatives(p: &Policy, sets: &mut Sets, side: &Side, fam: Fam, dir: &s
     // need their interfaces and their networks.
     let mut bare = vec![];
     for &z in &side.zones {
-        let devs: Vec<String> = p.zones[z].ifaces.iter().map(|&i| p.ifaces[i].device.as_str().to_string()).collect();
+        let devs: Vec<String> = p.zones[z]
+            .ifaces
+            .iter()
+            .map(|&i| p.ifaces[i].device.as_str().to_string())
+            .collect();
         if devs.is_empty() {
             continue;
         }
@@ -261,7 +316,13 @@ fn side_alternatives(p: &Policy, sets: &mut Sets, side: &Side, fam: Fam, dir: &s
 /// The ways a service set matches in `fam` (ports in one expression, ICMP types in another).
 fn service_alternatives(sets: &mut Sets, s: &fwctl::model::ServiceSet, fam: Fam) -> Vec<String> {
     let mut alts = vec![];
-    let port = |(l, h): (u16, u16)| if l == h { l.to_string() } else { format!("{l}-{h}") };
+    let port = |(l, h): (u16, u16)| {
+        if l == h {
+            l.to_string()
+        } else {
+            format!("{l}-{h}")
+        }
+    };
     let mut entries: Vec<(&str, (u16, u16))> = vec![];
     entries.extend(s.tcp.ranges().iter().map(|&r| ("tcp", r)));
     entries.extend(s.udp.ranges().iter().map(|&r| ("udp", r)));
@@ -275,7 +336,10 @@ fn service_alternatives(sets: &mut Sets, s: &fwctl::model::ServiceSet, fam: Fam)
             let set = sets.named("p_", "inet_service", interval, elems);
             alts.push(format!("{} dport {set}", entries[0].0));
         } else {
-            let elems = entries.iter().map(|e| format!("{} . {}", e.0, port(e.1))).collect();
+            let elems = entries
+                .iter()
+                .map(|e| format!("{} . {}", e.0, port(e.1)))
+                .collect();
             let set = sets.named("s_", "inet_proto . inet_service", interval, elems);
             alts.push(format!("meta l4proto . th dport {set}"));
         }
@@ -284,7 +348,11 @@ fn service_alternatives(sets: &mut Sets, s: &fwctl::model::ServiceSet, fam: Fam)
         Fam::V4 => (&s.icmp, "icmp", "icmp_type"),
         Fam::V6 => (&s.icmpv6, "icmpv6", "icmpv6_type"),
     };
-    let types: Vec<String> = icmp.ranges().iter().flat_map(|&(l, h)| (l..=h).map(|t| t.to_string())).collect();
+    let types: Vec<String> = icmp
+        .ranges()
+        .iter()
+        .flat_map(|&(l, h)| (l..=h).map(|t| t.to_string()))
+        .collect();
     match types.len() {
         0 => {}
         1 => alts.push(format!("{kw} type {}", types[0])),
@@ -314,7 +382,11 @@ fn linear_script(p: &Policy) -> Linear {
     ];
     for action in [Action::Deny, Action::Allow] {
         for r in p.rules.iter().filter(|r| r.active() && r.action == action) {
-            let verdict = if action == Action::Deny { "drop" } else { "accept" };
+            let verdict = if action == Action::Deny {
+                "drop"
+            } else {
+                "accept"
+            };
             let mut seen: Vec<String> = vec![];
             for fam in [Fam::V4, Fam::V6] {
                 let from = side_alternatives(p, &mut sets, &r.from, fam, "saddr");
@@ -323,8 +395,15 @@ fn linear_script(p: &Policy) -> Linear {
                 for f in &from {
                     for t in &to {
                         for s in &svc {
-                            let parts: Vec<&str> = [f.as_str(), t.as_str(), s.as_str()].into_iter().filter(|x| !x.is_empty()).collect();
-                            let line = format!("{} {verdict} comment \"{}\"", parts.join(" "), fwctl::compile::clean(&r.name));
+                            let parts: Vec<&str> = [f.as_str(), t.as_str(), s.as_str()]
+                                .into_iter()
+                                .filter(|x| !x.is_empty())
+                                .collect();
+                            let line = format!(
+                                "{} {verdict} comment \"{}\"",
+                                parts.join(" "),
+                                fwctl::compile::clean(&r.name)
+                            );
                             // A rule with no family-specific match renders the same in both.
                             if !seen.contains(&line) {
                                 seen.push(line);
@@ -340,12 +419,19 @@ fn linear_script(p: &Policy) -> Linear {
     let mut script = String::with_capacity(body.len() * 100 + sets.defs.len() + 256);
     script.push_str("table inet linear {\n");
     script.push_str(&sets.defs);
-    script.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    script.push_str(
+        "  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+    );
     for l in &body {
         let _ = writeln!(script, "    {l}");
     }
     script.push_str("  }\n}\n");
-    Linear { script, rules: body.len(), sets: sets.count, elements: sets.elements }
+    Linear {
+        script,
+        rules: body.len(),
+        sets: sets.count,
+        elements: sets.elements,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -366,15 +452,26 @@ fn build_lab() -> R<Topo> {
     let server = lab.add_ns("srv").map_err(e)?;
     lab.veth(&client, "eth0", &fw, "eth0").map_err(e)?;
     lab.veth(&fw, "eth1", &server, "eth0").map_err(e)?;
-    lab.addr(&client, "eth0", &format!("{CLIENT}/24")).map_err(e)?;
-    lab.addr(&fw, "eth0", &format!("{FW_CLIENT}/24")).map_err(e)?;
-    lab.addr(&fw, "eth1", &format!("{FW_SERVER}/24")).map_err(e)?;
-    lab.addr(&server, "eth0", &format!("{SERVER}/24")).map_err(e)?;
-    for (ns, dev) in [(&client, "eth0"), (&fw, "eth0"), (&fw, "eth1"), (&server, "eth0")] {
+    lab.addr(&client, "eth0", &format!("{CLIENT}/24"))
+        .map_err(e)?;
+    lab.addr(&fw, "eth0", &format!("{FW_CLIENT}/24"))
+        .map_err(e)?;
+    lab.addr(&fw, "eth1", &format!("{FW_SERVER}/24"))
+        .map_err(e)?;
+    lab.addr(&server, "eth0", &format!("{SERVER}/24"))
+        .map_err(e)?;
+    for (ns, dev) in [
+        (&client, "eth0"),
+        (&fw, "eth0"),
+        (&fw, "eth1"),
+        (&server, "eth0"),
+    ] {
         lab.link_up(ns, dev).map_err(e)?;
     }
-    lab.route(&client, "default", Some(FW_CLIENT), "eth0").map_err(e)?;
-    lab.route(&server, "default", Some(FW_SERVER), "eth0").map_err(e)?;
+    lab.route(&client, "default", Some(FW_CLIENT), "eth0")
+        .map_err(e)?;
+    lab.route(&server, "default", Some(FW_SERVER), "eth0")
+        .map_err(e)?;
     lab.forwarding(&fw, true).map_err(e)?;
     lab.wait_ready(Duration::from_secs(10)).map_err(e)?;
     // The "receiver": count the flood's datagrams at the server's ingress and drop
@@ -384,12 +481,24 @@ fn build_lab() -> R<Topo> {
         "table netdev sink {\n counter rx { }\n chain in {\n  type filter hook ingress device \"eth0\" priority 0;\n  udp dport 9000 counter name \"rx\" drop\n }\n}\n",
     )
     .map_err(e)?;
-    Ok(Topo { lab, client, fw, server })
+    Ok(Topo {
+        lab,
+        client,
+        fw,
+        server,
+    })
 }
 
 fn rx_counter(t: &Topo) -> R<u64> {
-    let out = t.lab.exec(&t.server, &["nft", "-j", "list", "counter", "netdev", "sink", "rx"]).map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
+    let out = t
+        .lab
+        .exec(
+            &t.server,
+            &["nft", "-j", "list", "counter", "netdev", "sink", "rx"],
+        )
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
     v["nftables"]
         .as_array()
         .and_then(|a| a.iter().find_map(|o| o["counter"]["packets"].as_u64()))
@@ -398,8 +507,12 @@ fn rx_counter(t: &Topo) -> R<u64> {
 
 /// Kernel view of the fw ruleset: (rules, set/map elements).
 fn kernel_counts(t: &Topo) -> R<(usize, usize)> {
-    let out = t.lab.exec(&t.fw, &["nft", "-j", "list", "ruleset"]).map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
+    let out = t
+        .lab
+        .exec(&t.fw, &["nft", "-j", "list", "ruleset"])
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j: {e}"))?;
     let mut rules = 0;
     let mut elems = 0;
     for o in v["nftables"].as_array().into_iter().flatten() {
@@ -407,7 +520,11 @@ fn kernel_counts(t: &Topo) -> R<(usize, usize)> {
             rules += 1;
         }
         for k in ["set", "map"] {
-            if let Some(a) = o.get(k).and_then(|s| s.get("elem")).and_then(|e| e.as_array()) {
+            if let Some(a) = o
+                .get(k)
+                .and_then(|s| s.get("elem"))
+                .and_then(|e| e.as_array())
+            {
                 elems += a.len();
             }
         }
@@ -456,7 +573,14 @@ struct SockAddrNl {
 extern "C" {
     fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
     fn sendmmsg(fd: i32, msgvec: *mut MMsgHdr, vlen: u32, flags: i32) -> i32;
-    fn sendto(fd: i32, buf: *const u8, len: usize, flags: i32, addr: *const u8, addrlen: u32) -> isize;
+    fn sendto(
+        fd: i32,
+        buf: *const u8,
+        len: usize,
+        flags: i32,
+        addr: *const u8,
+        addrlen: u32,
+    ) -> isize;
     fn recv(fd: i32, buf: *mut u8, len: usize, flags: i32) -> isize;
     fn setsockopt(fd: i32, level: i32, name: i32, val: *const u8, len: u32) -> i32;
 }
@@ -482,7 +606,15 @@ fn raw_socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
 fn conntrack_flush() -> io::Result<()> {
     let fd = raw_socket(AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER)?;
     let tv: [i64; 2] = [2, 0];
-    unsafe { setsockopt(fd.as_raw_fd(), SOL_SOCKET, SO_RCVTIMEO, tv.as_ptr().cast(), 16) };
+    unsafe {
+        setsockopt(
+            fd.as_raw_fd(),
+            SOL_SOCKET,
+            SO_RCVTIMEO,
+            tv.as_ptr().cast(),
+            16,
+        )
+    };
     let mut msg = Vec::with_capacity(20);
     msg.extend_from_slice(&20u32.to_ne_bytes()); // nlmsg_len
     msg.extend_from_slice(&((1u16 << 8) | 2).to_ne_bytes()); // NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE
@@ -490,8 +622,22 @@ fn conntrack_flush() -> io::Result<()> {
     msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
     msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
     msg.extend_from_slice(&[0, 0, 0, 0]); // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0
-    let sa = SockAddrNl { family: AF_NETLINK as u16, pad: 0, pid: 0, groups: 0 };
-    let n = unsafe { sendto(fd.as_raw_fd(), msg.as_ptr(), msg.len(), 0, (&sa as *const SockAddrNl).cast(), 12) };
+    let sa = SockAddrNl {
+        family: AF_NETLINK as u16,
+        pad: 0,
+        pid: 0,
+        groups: 0,
+    };
+    let n = unsafe {
+        sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr(),
+            msg.len(),
+            0,
+            (&sa as *const SockAddrNl).cast(),
+            12,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -518,15 +664,24 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> io::Result<T> + Send +
 /// (nf_conntrack_count, summed per-CPU stats by column name) of a namespace.
 fn conntrack_state(ns: &str) -> R<(u64, BTreeMap<String, u64>)> {
     in_ns(ns, || {
-        let count = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")?.trim().parse().unwrap_or(0);
+        let count = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")?
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let text = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")?;
         let mut lines = text.lines();
-        let names: Vec<String> = lines.next().unwrap_or("").split_whitespace().map(str::to_string).collect();
+        let names: Vec<String> = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         let mut sums = BTreeMap::new();
         for l in lines {
             for (name, v) in names.iter().zip(l.split_whitespace()) {
                 if name != "entries" {
-                    *sums.entry(name.clone()).or_insert(0) += u64::from_str_radix(v, 16).unwrap_or(0);
+                    *sums.entry(name.clone()).or_insert(0) +=
+                        u64::from_str_radix(v, 16).unwrap_or(0);
                 }
             }
         }
@@ -558,10 +713,22 @@ fn udp_flood(client_ns: &str, threads: u64, start: u64, secs: f64) -> R<(u64, u6
                 b[12..16].copy_from_slice(&[203, 0, 113, SRC_FIRST]);
                 b[16..20].copy_from_slice(&SERVER_V4);
                 b[22..24].copy_from_slice(&UDP_PORT.to_be_bytes());
-                b[24..26].copy_from_slice(&((8 + PAYLOAD) as u16).to_be_bytes()); // checksum 0: none
+                b[24..26].copy_from_slice(&((8 + PAYLOAD) as u16).to_be_bytes());
+                // checksum 0: none
             }
-            let mut dst = SockAddrIn { family: AF_INET as u16, port: 0, addr: SERVER_V4, zero: [0; 8] };
-            let mut iovs: Vec<IoVec> = bufs.iter_mut().map(|b| IoVec { base: b.as_mut_ptr(), len: LEN }).collect();
+            let mut dst = SockAddrIn {
+                family: AF_INET as u16,
+                port: 0,
+                addr: SERVER_V4,
+                zero: [0; 8],
+            };
+            let mut iovs: Vec<IoVec> = bufs
+                .iter_mut()
+                .map(|b| IoVec {
+                    base: b.as_mut_ptr(),
+                    len: LEN,
+                })
+                .collect();
             let mut msgs: Vec<MMsgHdr> = iovs
                 .iter_mut()
                 .map(|iov| MMsgHdr {
@@ -590,7 +757,14 @@ fn udp_flood(client_ns: &str, threads: u64, start: u64, secs: f64) -> R<(u64, u6
                 }
                 let mut off = 0;
                 while off < BATCH {
-                    let n = unsafe { sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr().add(off), (BATCH - off) as u32, 0) };
+                    let n = unsafe {
+                        sendmmsg(
+                            fd.as_raw_fd(),
+                            msgs.as_mut_ptr().add(off),
+                            (BATCH - off) as u32,
+                            0,
+                        )
+                    };
                     if n <= 0 {
                         errors += 1; // e.g. ENOBUFS: skip this datagram (its tuple is not reused)
                         off += 1;
@@ -637,7 +811,15 @@ fn measure_udp(t: &Topo, threads: u64, mut start: u64, secs: f64) -> R<Udp> {
     let segments = (secs / SEGMENT_S).ceil().max(1.0) as u64;
     let seg = secs / segments as f64;
     let rx0 = rx_counter(t)?;
-    let mut u = Udp { kpps: 0.0, sent_kpps: 0.0, errors: 0, ct_max: 0, ct_drop: 0, ct_early_drop: 0, ct_insert_failed: 0 };
+    let mut u = Udp {
+        kpps: 0.0,
+        sent_kpps: 0.0,
+        errors: 0,
+        ct_max: 0,
+        ct_drop: 0,
+        ct_early_drop: 0,
+        ct_insert_failed: 0,
+    };
     let (mut sent, mut elapsed) = (0u64, Duration::ZERO);
     for _ in 0..segments {
         in_ns(&t.fw, conntrack_flush).map_err(|e| format!("conntrack flush: {e}"))?;
@@ -648,7 +830,13 @@ fn measure_udp(t: &Topo, threads: u64, mut start: u64, secs: f64) -> R<Udp> {
         u.errors += e;
         elapsed += d;
         let (count, after) = conntrack_state(&t.fw)?;
-        let delta = |k: &str| after.get(k).copied().unwrap_or(0).saturating_sub(before.get(k).copied().unwrap_or(0));
+        let delta = |k: &str| {
+            after
+                .get(k)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(before.get(k).copied().unwrap_or(0))
+        };
         u.ct_max = u.ct_max.max(count);
         u.ct_drop += delta("drop");
         u.ct_early_drop += delta("early_drop");
@@ -669,7 +857,10 @@ struct Helper(Child);
 impl Drop for Helper {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.0.try_wait() {
@@ -690,7 +881,10 @@ fn measure_tcp(t: &Topo, secs: u64) -> R<f64> {
     let mut last = String::new();
     for _attempt in 0..3 {
         let server = Command::new("ip")
-            .args(["netns", "exec", &t.server, "timeout", &bound, "iperf3", "-s", "-1", "-B", SERVER, "-p", "5201"])
+            .args([
+                "netns", "exec", &t.server, "timeout", &bound, "iperf3", "-s", "-1", "-B", SERVER,
+                "-p", "5201",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -700,11 +894,25 @@ fn measure_tcp(t: &Topo, secs: u64) -> R<f64> {
         std::thread::sleep(Duration::from_millis(300));
         let out = t.lab.exec(
             &t.client,
-            &["timeout", &bound, "iperf3", "-c", SERVER, "-p", "5201", "-t", &secs_s, "-J", "--connect-timeout", "2000"],
+            &[
+                "timeout",
+                &bound,
+                "iperf3",
+                "-c",
+                SERVER,
+                "-p",
+                "5201",
+                "-t",
+                &secs_s,
+                "-J",
+                "--connect-timeout",
+                "2000",
+            ],
         );
         match out {
             Ok(o) => {
-                let v: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("iperf3 -J: {e}"))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&o.stdout).map_err(|e| format!("iperf3 -J: {e}"))?;
                 if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
                     return Ok(bps / 1e9);
                 }
@@ -753,16 +961,33 @@ fn run() -> R<()> {
     let senders = env_num("FWCTL_BENCH_SENDERS", cpus).clamp(1, 8);
     let nrules = env_num("FWCTL_BENCH_RULES", 10_000).clamp(10, 100_000) as usize;
     let started = Instant::now();
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let load_start = loadavg();
 
     let text = bench_policy_text(nrules)?;
     let policy = load_policy(&text)?;
     check_bench_flows(&policy)?;
-    let compiled = fwctl::compile::compile(&policy, fwctl::compile::Capabilities { flowtable: false }).map_err(|e| e.to_string())?;
+    let compiled =
+        fwctl::compile::compile(&policy, fwctl::compile::Capabilities { flowtable: false })
+            .map_err(|e| e.to_string())?;
     let fwctl_script = fwctl::render::nft::script(&compiled.ruleset, "datapath bench");
     let linear = linear_script(&policy);
     let st = &compiled.ruleset.stats;
-    let tag = if nrules % 1000 == 0 { format!("{}k", nrules / 1000) } else { nrules.to_string() };
-    println!("datapath benchmark: client ns -> fw ns (eth0 -> eth1) -> server ns over veth; {cpus} CPUs");
+    let tag = if nrules.is_multiple_of(1000) {
+        format!("{}k", nrules / 1000)
+    } else {
+        nrules.to_string()
+    };
+    println!(
+        "datapath benchmark: client ns -> fw ns (eth0 -> eth1) -> server ns over veth; {cpus} CPUs"
+    );
     println!(
         "policy: gen::policy(Shape::for_rules({nrules}), 42) + bench rule = {} rules, {:.1} MB TOML; eval: bench tcp/{TCP_PORT} and udp/{UDP_PORT} eth0->eth1 accepted",
         policy.rules.len(),
@@ -783,13 +1008,17 @@ fn run() -> R<()> {
         linear.script.len() as f64 / 1e6
     );
     println!(
-        "{reps} reps interleaved over the configs (ruleset reloaded each time, median reported); {secs} s TCP run; {secs} s UDP flood from {senders} sender thread(s) in {:.1} s segments, fw conntrack flushed before each segment",
+        "{reps} reps interleaved over the configs (ruleset reloaded each time, median reported); {secs} s TCP run; {secs} s UDP flood from {senders} sender thread(s) in {} s segments, fw conntrack flushed before each segment",
         SEGMENT_S
     );
 
     if let Ok(dir) = std::env::var("FWCTL_BENCH_DUMP") {
         // Inspection aid: write what would be loaded, then stop.
-        for (name, body) in [("policy.toml", &text), ("fwctl.nft", &fwctl_script), ("linear.nft", &linear.script)] {
+        for (name, body) in [
+            ("policy.toml", &text),
+            ("fwctl.nft", &fwctl_script),
+            ("linear.nft", &linear.script),
+        ] {
             let path = std::path::Path::new(&dir).join(name);
             std::fs::write(&path, body).map_err(|e| format!("write {}: {e}", path.display()))?;
         }
@@ -808,8 +1037,13 @@ fn run() -> R<()> {
 
     let topo = build_lab()?;
     let e = |e: fwctl::sys::netns::Error| e.to_string();
-    let ct_max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
-    eprintln!("lab {} up; nf_conntrack_max {} (read-only in a child namespace)", topo.lab.prefix(), ct_max.trim());
+    let ct_max =
+        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
+    eprintln!(
+        "lab {} up; nf_conntrack_max {} (read-only in a child namespace)",
+        topo.lab.prefix(),
+        ct_max.trim()
+    );
 
     // Warm-up, not counted: neighbours resolved, caches and CPU clocks settled.
     measure_tcp(&topo, 1)?;
@@ -822,7 +1056,9 @@ fn run() -> R<()> {
             topo.lab.run_nft(&topo.fw, "flush ruleset\n").map_err(e)?;
             if let Some(s) = &c.script {
                 let t0 = Instant::now();
-                topo.lab.run_nft(&topo.fw, s).map_err(|err| format!("load {}: {}", c.name, e(err)))?;
+                topo.lab
+                    .run_nft(&topo.fw, s)
+                    .map_err(|err| format!("load {}: {}", c.name, e(err)))?;
                 res.load_s.push(t0.elapsed().as_secs_f64());
                 if rep == 0 && c.name != "stateful" {
                     res.kernel = Some(kernel_counts(&topo)?);
@@ -861,14 +1097,40 @@ fn run() -> R<()> {
         })
         .collect();
     let (none, stateful) = (med[0], med[1]);
+    // Ratios within a rep (configs measured back to back), then the median: less
+    // sensitive to the shared machine's drift than a ratio of medians.
+    let ratio = |a: &Results, b: &Results, f: fn(&Results, usize) -> f64| {
+        median(
+            &(0..a.tcp.len().min(b.tcp.len()))
+                .map(|i| f(a, i) / f(b, i))
+                .collect::<Vec<_>>(),
+        )
+    };
     println!();
     println!(
         "{:<11} {:>6} {:>6} {:>8} {:>10} {:>12} {:>15} {:>16} {:>11} {:>12}",
-        "config", "load_s", "krules", "elements", "tcp_Gbit/s", "new_udp_kpps", "tcp_vs_stateful", "kpps_vs_stateful", "tcp_vs_none", "kpps_vs_none"
+        "config",
+        "load_s",
+        "krules",
+        "elements",
+        "tcp_Gbit/s",
+        "new_udp_kpps",
+        "tcp_vs_stateful",
+        "kpps_vs_stateful",
+        "tcp_vs_none",
+        "kpps_vs_none"
     );
     for ((c, r), m) in configs.iter().zip(&results).zip(&med) {
-        let load = if r.load_s.is_empty() { "-".to_string() } else { format!("{:.3}", median(&r.load_s)) };
-        let (kr, el) = r.kernel.map_or(("-".to_string(), "-".to_string()), |(a, b)| (a.to_string(), b.to_string()));
+        let load = if r.load_s.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.3}", median(&r.load_s))
+        };
+        let (kr, el) = r
+            .kernel
+            .map_or(("-".to_string(), "-".to_string()), |(a, b)| {
+                (a.to_string(), b.to_string())
+            });
         println!(
             "{:<11} {:>6} {:>6} {:>8} {:>10.2} {:>12.1} {:>15.3} {:>16.3} {:>11.3} {:>12.3}",
             c.name,
@@ -877,12 +1139,13 @@ fn run() -> R<()> {
             el,
             m.0,
             m.1,
-            m.0 / stateful.0,
-            m.1 / stateful.1,
-            m.0 / none.0,
-            m.1 / none.1
+            ratio(r, &results[1], |r, i| r.tcp[i]),
+            ratio(r, &results[1], |r, i| r.udp[i].kpps),
+            ratio(r, &results[0], |r, i| r.tcp[i]),
+            ratio(r, &results[0], |r, i| r.udp[i].kpps)
         );
     }
+    println!("(figures: medians over reps; ratios: medians of the per-rep ratios, each rep's configs measured back to back)");
     let spread = |v: Vec<f64>| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -917,11 +1180,20 @@ fn run() -> R<()> {
         .filter(|(_, m)| m.1 < 0.99 * m.2)
         .map(|(c, m)| format!("{} (sent {:.1} kpps)", c.name, m.2))
         .collect();
-    let sum = |f: fn(&Udp) -> u64| -> u64 { results.iter().flat_map(|r| r.udp.iter().map(f)).sum() };
-    let ct_peak = results.iter().flat_map(|r| r.udp.iter().map(|u| u.ct_max)).max().unwrap_or(0);
+    let sum =
+        |f: fn(&Udp) -> u64| -> u64 { results.iter().flat_map(|r| r.udp.iter().map(f)).sum() };
+    let ct_peak = results
+        .iter()
+        .flat_map(|r| r.udp.iter().map(|u| u.ct_max))
+        .max()
+        .unwrap_or(0);
     println!(
         "received vs sent: {}; sender errors {}",
-        if lost.is_empty() { "every sent datagram arrived (forwarding runs in the senders' context: the rate is the path's, not a queue's)".to_string() } else { format!("loss in {}", lost.join(", ")) },
+        if lost.is_empty() {
+            "every sent datagram arrived (forwarding runs in the senders' context: the rate is the path's, not a queue's)".to_string()
+        } else {
+            format!("loss in {}", lost.join(", "))
+        },
         sum(|u| u.errors)
     );
     println!(
@@ -931,7 +1203,20 @@ fn run() -> R<()> {
         sum(|u| u.ct_early_drop),
         sum(|u| u.ct_insert_failed)
     );
-    let left: Vec<String> = fwctl::sys::netns::list_namespaces().unwrap_or_default().into_iter().filter(|n| n.starts_with(&format!("{prefix}-"))).collect();
-    println!("lab {prefix} removed: {}; total {:.0} s", if left.is_empty() { "yes".to_string() } else { format!("NO, left {left:?}") }, started.elapsed().as_secs_f64());
+    let left: Vec<String> = fwctl::sys::netns::list_namespaces()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-")))
+        .collect();
+    println!("host load average (1/5/15 min) at start {load_start}, at end {} (2 CPUs: anything well above what this bench adds means other work shared the machine)", loadavg());
+    println!(
+        "lab {prefix} removed: {}; total {:.0} s",
+        if left.is_empty() {
+            "yes".to_string()
+        } else {
+            format!("NO, left {left:?}")
+        },
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! Everything above is pure; `sys` is the only layer that touches the kernel,
 //! files or the clock, and `cli` wires commands to the pipeline.
 
+pub mod apply;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod compile;
@@ -22,5 +24,6 @@ pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod render;
+pub mod state;
 pub mod sys;
 pub mod util;

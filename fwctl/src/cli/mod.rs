@@ -4,10 +4,18 @@
 //! 0 success · 1 policy invalid, a test failed, or a check did not hold ·
 //! 2 `plan`: changes pending · 3 system error (kernel, files) · 64 usage error.
 
+pub mod apply;
+pub mod audit;
 pub mod check;
 pub mod compile;
 pub mod explain;
+pub mod history;
 pub mod lab;
+pub mod plan;
+pub mod rollback;
+pub mod state_args;
+pub mod watchdog;
+pub mod confirm;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -36,8 +44,24 @@ pub enum Command {
     Compile(compile::CompileArgs),
     /// Show the verdict for one packet and the policy lines that decide it
     Explain(explain::ExplainArgs),
+    /// Show what apply would change: flows, NAT, ruleset (exit 2 if anything)
+    Plan(plan::PlanArgs),
+    /// Apply the policy in one kernel transaction (refuses unsafe changes)
+    Apply(apply::ApplyArgs),
+    /// Keep the generation applied with --confirm
+    Confirm(confirm::ConfirmArgs),
+    /// Restore an earlier generation (as a new generation)
+    Rollback(rollback::RollbackArgs),
+    /// Re-apply the last confirmed generation (boot)
+    Restore(rollback::RestoreArgs),
+    /// List applied generations
+    History(history::HistoryArgs),
+    /// Verify, read and export the audit trail
+    Audit(audit::AuditArgs),
     /// Network namespaces mirroring the policy, checked with real packets
     Lab(lab::LabArgs),
+    #[command(hide = true)]
+    Watchdog(watchdog::WatchdogArgs),
 }
 
 /// Options shared by commands that read a policy.
@@ -76,6 +100,14 @@ pub fn main() -> u8 {
         Command::Compile(a) => compile::exec(&a),
         Command::Explain(a) => explain::exec(&a),
         Command::Lab(a) => lab::exec(&a),
+        Command::Plan(a) => plan::exec(&a),
+        Command::Apply(a) => apply::exec(&a),
+        Command::Confirm(a) => confirm::exec(&a),
+        Command::Rollback(a) => rollback::rollback(&a),
+        Command::Restore(a) => rollback::restore(&a),
+        Command::History(a) => history::exec(&a),
+        Command::Audit(a) => audit::exec(&a),
+        Command::Watchdog(a) => watchdog::exec(&a),
     }
 }
 

@@ -4,11 +4,11 @@
 //! simulated by [`super::sim`], diffed by the planner.
 //! Must not: depend on the policy model (only rule ids and names travel here).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub const TABLE: &str = "fwctl";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyType {
     Ipv4Addr,
@@ -37,7 +37,7 @@ impl KeyType {
 }
 
 /// One component of an element key or a map value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Val {
     V4(u32, u32),
@@ -52,7 +52,7 @@ pub enum Val {
     NatV6(u128, u16),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Accept,
@@ -60,14 +60,14 @@ pub enum Verdict {
     Goto(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Elem {
     pub key: Vec<Val>,
     pub data: Option<Val>,
     pub comment: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SetData {
     Mark,
@@ -76,7 +76,7 @@ pub enum SetData {
     NatV6,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Set {
     pub name: String,
     pub key: Vec<KeyType>,
@@ -87,15 +87,15 @@ pub struct Set {
     pub elements: Vec<Elem>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseChain {
     /// "filter" or "nat".
-    pub kind: &'static str,
-    pub hook: &'static str,
-    pub priority: &'static str,
+    pub kind: String,
+    pub hook: String,
+    pub priority: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chain {
     pub name: String,
     pub base: Option<BaseChain>,
@@ -104,13 +104,13 @@ pub struct Chain {
     pub rules: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flowtable {
     pub name: String,
     pub devices: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub rules_compiled: usize,
     pub rules_expired: usize,
@@ -122,14 +122,16 @@ pub struct Stats {
     pub elements: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ruleset {
-    pub table: &'static str,
+    pub table: String,
     pub sets: Vec<Set>,
     pub chains: Vec<Chain>,
     pub flowtable: Option<Flowtable>,
     /// What was left out and why (e.g. flowtable offload on a kernel without it).
+    #[serde(default)]
     pub notes: Vec<String>,
+    #[serde(default)]
     pub stats: Stats,
 }
 

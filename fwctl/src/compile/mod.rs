@@ -67,7 +67,7 @@ pub fn compile_with(p: &Policy, caps: Capabilities, prev: Option<&decide::Alloca
     let flowtable = b.flowtable(caps)?;
     b.filter(&decision, flowtable.is_some());
     nat::compile(p, &mut b.sets, &mut b.chains)?;
-    let mut rs = Ruleset { table: TABLE, sets: b.sets, chains: b.chains, flowtable, notes: b.notes, stats: Stats::default() };
+    let mut rs = Ruleset { table: TABLE.to_string(), sets: b.sets, chains: b.chains, flowtable, notes: b.notes, stats: Stats::default() };
     rs.stats = Stats {
         rules_compiled: p.rules.iter().filter(|r| r.active()).count(),
         rules_expired: p.rules.iter().filter(|r| r.expired).count(),
@@ -397,7 +397,7 @@ impl Builder<'_> {
             output.push("jump out_classify".into());
         }
         output.push("meta mark set 0x00000000 ct mark set 0x00000000 counter accept".into());
-        let base = |hook: &'static str| Some(BaseChain { kind: "filter", hook, priority: "filter" });
+        let base = |hook: &str| Some(BaseChain { kind: "filter".into(), hook: hook.into(), priority: "filter".into() });
         self.chains.insert(0, Chain { name: "input".into(), base: base("input"), comment: "traffic to the appliance".into(), rules: input });
         self.chains.insert(1, Chain { name: "forward".into(), base: base("forward"), comment: "traffic crossing the appliance".into(), rules: forward });
         self.chains.insert(2, Chain { name: "output".into(), base: base("output"), comment: "traffic from the appliance".into(), rules: output });

@@ -112,7 +112,7 @@ fn dnat(p: &Policy, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Result<(), 
         rules.push(format!("meta nfproto {nf} dnat {fam} to iifname{dest} . meta l4proto . th dport map @{name}"));
     }
     if !rules.is_empty() {
-        chains.push(Chain { name: "nat_pre".into(), base: Some(BaseChain { kind: "nat", hook: "prerouting", priority: "dstnat" }), comment: "port forwarding".into(), rules });
+        chains.push(Chain { name: "nat_pre".into(), base: Some(BaseChain { kind: "nat".into(), hook: "prerouting".into(), priority: "dstnat".into() }), comment: "port forwarding".into(), rules });
     }
     Ok(())
 }
@@ -198,7 +198,7 @@ fn snat(p: &Policy, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Result<(), 
         }
     }
     if !rules.is_empty() {
-        chains.push(Chain { name: "nat_post".into(), base: Some(BaseChain { kind: "nat", hook: "postrouting", priority: "srcnat" }), comment: "source NAT".into(), rules });
+        chains.push(Chain { name: "nat_post".into(), base: Some(BaseChain { kind: "nat".into(), hook: "postrouting".into(), priority: "srcnat".into() }), comment: "source NAT".into(), rules });
     }
     Ok(())
 }

@@ -2,4 +2,5 @@
 pub mod caps;
 pub mod clock;
 pub mod netns;
+pub mod nft;
 pub mod probe;

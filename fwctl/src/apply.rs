@@ -1,0 +1,379 @@
+//! Safe apply: plan → refuse or confirm → one kernel transaction → generation and
+//! audit record; commit-confirm with a watchdog that rolls back unless confirmed.
+//!
+//! Input: a policy path, the state directory, a [`Kernel`] and the time.
+//! Output: generations, audit records, kernel changes — each step over the small
+//! traits in `sys`, so the sequence is testable.
+//! Must not: leave the kernel half-changed (every change is one `nft -f`), report
+//! success before the audit record is on disk, or print key material.
+
+use crate::audit::{self, Record};
+use crate::check::Loaded;
+use crate::compile::decide::Allocation;
+use crate::compile::ir::Ruleset;
+use crate::compile::{compile_with, Capabilities, Compiled};
+use crate::model::{Date, Expect, Policy};
+use crate::plan::delta::{self, RulesetChange};
+use crate::plan::flows::{self, FlowDiff};
+use crate::state::{Meta, Pending, State, StateError};
+use crate::sys::nft::Kernel;
+use std::path::{Path, PathBuf};
+
+/// The policy as it would be applied.
+pub struct Desired {
+    pub loaded: Loaded,
+    pub compiled: Compiled,
+    pub script: String,
+    pub files: Vec<(PathBuf, String)>,
+    pub policy_hash: String,
+    pub ruleset_hash: String,
+    pub path: PathBuf,
+}
+
+/// The applied generation, rebuilt from its snapshot.
+pub struct Previous {
+    pub number: u64,
+    pub meta: Meta,
+    pub loaded: Loaded,
+    pub compiled: Compiled,
+    pub ruleset: Ruleset,
+}
+
+pub struct Plan {
+    pub flows: FlowDiff,
+    pub first: bool,
+    pub ruleset: RulesetChange,
+    pub nat: Vec<String>,
+    /// The live table differs from what the current generation loaded.
+    pub drift: Option<String>,
+    /// Other tables hooked where they can change fwctl's verdicts.
+    pub foreign: Vec<String>,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        !self.flows.changes.is_empty() || !self.ruleset.sets.is_empty() || !self.ruleset.chains_changed.is_empty() || !self.ruleset.sets_added.is_empty() || !self.ruleset.sets_removed.is_empty() || !self.nat.is_empty() || self.first || self.drift.is_some()
+    }
+    pub fn summary(&self) -> String {
+        let allowed = self.flows.changes.iter().filter(|c| c.now_allowed).count();
+        let denied = self.flows.changes.len() - allowed;
+        let (add, rem): (usize, usize) = (self.ruleset.sets.iter().map(|s| s.added.len()).sum(), self.ruleset.sets.iter().map(|s| s.removed.len()).sum());
+        format!("{allowed} flow(s) newly allowed, {denied} newly refused; {add} set element(s) added, {rem} removed; {} chain(s) changed; {} NAT change(s)", self.ruleset.chains_changed.len(), self.nat.len())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "first_generation": self.first,
+            "flows": self.flows.changes,
+            "flows_truncated": self.flows.truncated,
+            "rules_changed": self.flows.rules_changed,
+            "ruleset": self.ruleset,
+            "nat": self.nat,
+            "drift": self.drift,
+            "foreign_hooks": self.foreign,
+            "summary": self.summary(),
+        })
+    }
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        if self.first {
+            s.push_str("first generation: fwctl's table will be created (flows compared with a policy that allows nothing)\n");
+        }
+        if let Some(d) = &self.drift {
+            s.push_str(&format!("warning: the live table differs from the applied generation (changed outside fwctl):\n{d}\n"));
+        }
+        for f in &self.foreign {
+            s.push_str(&format!("warning: {f}\n"));
+        }
+        s.push_str("flows:\n");
+        if self.flows.changes.is_empty() {
+            s.push_str("  (no change)\n");
+        }
+        for c in &self.flows.changes {
+            s.push_str(&format!("  {}\n", c.line()));
+        }
+        if self.flows.truncated {
+            s.push_str("  … (truncated)\n");
+        }
+        s.push_str("nat:\n");
+        if self.nat.is_empty() {
+            s.push_str("  (no change)\n");
+        }
+        for n in &self.nat {
+            s.push_str(&format!("  {n}\n"));
+        }
+        s.push_str("ruleset:\n");
+        let r = &self.ruleset;
+        if r.sets.is_empty() && r.chains_changed.is_empty() && r.sets_added.is_empty() && r.sets_removed.is_empty() {
+            s.push_str("  (no change)\n");
+        }
+        for d in &r.sets {
+            s.push_str(&format!("  set {}: +{} -{} elements\n", d.set, d.added.len(), d.removed.len()));
+            for e in d.removed.iter().take(10) {
+                s.push_str(&format!("    - {e}\n"));
+            }
+            for e in d.added.iter().take(10) {
+                s.push_str(&format!("    + {e}\n"));
+            }
+            if d.added.len() + d.removed.len() > 20 {
+                s.push_str("    …\n");
+            }
+        }
+        for n in &r.sets_added {
+            s.push_str(&format!("  + set {n}\n"));
+        }
+        for n in &r.sets_removed {
+            s.push_str(&format!("  - set {n}\n"));
+        }
+        for n in &r.chains_changed {
+            s.push_str(&format!("  ~ chain {n}\n"));
+        }
+        s.push_str(&format!("{}\n", self.summary()));
+        s
+    }
+}
+
+/// Policy files relative to the policy root, with the text that was compiled.
+fn snapshot(loaded: &Loaded, root: &Path) -> Vec<(PathBuf, String)> {
+    loaded
+        .sm
+        .files()
+        .map(|(_, p, text)| {
+            let rel = if root.is_dir() { p.strip_prefix(root).unwrap_or(p).to_path_buf() } else { PathBuf::from(p.file_name().unwrap_or_default()) };
+            (rel, text.to_string())
+        })
+        .collect()
+}
+
+fn hash_files(files: &[(PathBuf, String)]) -> String {
+    let mut v: Vec<String> = files.iter().map(|(p, t)| format!("{}\0{}\0", p.display(), t)).collect();
+    v.sort();
+    crate::util::sha256_hex(v.concat().as_bytes())
+}
+
+pub const HEADER: &str = "fwctl ruleset — generated; do not edit";
+
+/// Load and compile the previous generation from its snapshot.
+pub fn previous(state: &State, today: Date, caps: Capabilities) -> Result<Option<Previous>, String> {
+    let Some(n) = state.current() else { return Ok(None) };
+    let meta = state.meta(n).map_err(|e| e.to_string())?;
+    let dir = state.gen_dir(n).join("policy");
+    let loaded = crate::check::load(&dir, today);
+    let Some(p) = loaded.policy.as_ref() else { return Err(format!("generation {n}: its policy snapshot no longer loads")) };
+    let alloc: Option<Allocation> = state.read(n, "alloc.json").ok().and_then(|s| serde_json::from_str(&s).ok());
+    let compiled = compile_with(p, caps, alloc.as_ref()).map_err(|e| format!("generation {n}: {e}"))?;
+    let ruleset: Ruleset = state.read(n, "ruleset.json").ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_else(|| compiled.ruleset.clone());
+    Ok(Some(Previous { number: n, meta, loaded, compiled, ruleset }))
+}
+
+pub fn desired(path: &Path, today: Date, caps: Capabilities, prev_alloc: Option<&Allocation>) -> Result<Desired, Loaded> {
+    let loaded = crate::check::load(path, today);
+    let Some(p) = loaded.policy.as_ref() else { return Err(loaded) };
+    let compiled = match compile_with(p, caps, prev_alloc) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut l = loaded;
+            l.diags.push(crate::diag::Diagnostic::error("compile", e.to_string()));
+            return Err(l);
+        }
+    };
+    let script = crate::render::nft::script(&compiled.ruleset, HEADER);
+    let files = snapshot(&loaded, path);
+    let policy_hash = hash_files(&files);
+    let ruleset_hash = crate::util::sha256_hex(crate::render::nft::table(&compiled.ruleset).as_bytes());
+    Ok(Desired { loaded, compiled, script, files, policy_hash, ruleset_hash, path: path.to_path_buf() })
+}
+
+fn nat_lines(p: &Policy) -> Vec<String> {
+    let mut v = vec![];
+    for d in &p.dnat {
+        let dest = d.destination.map(|a| a.to_string()).unwrap_or_else(|| "*".into());
+        let to = [d.to_v4.map(|a| a.to_string()), d.to_v6.map(|a| a.to_string())].into_iter().flatten().collect::<Vec<_>>().join("/");
+        let port = d.to_port.map(|p| format!(" port {p}")).unwrap_or_default();
+        v.push(format!("forward `{}` on {} {dest} {} → {to}{port}", d.name, p.ifaces[d.iface].key, d.services.describe()));
+    }
+    for s in &p.snat {
+        let what = match s.to {
+            None => "masquerade".to_string(),
+            Some(a) => format!("snat to {a}"),
+        };
+        v.push(format!("{what} from [{}] out {}", s.from_text.join(", "), p.ifaces[s.out].key));
+    }
+    v.sort();
+    v
+}
+
+fn empty_like(p: &Policy) -> Policy {
+    let mut e = p.clone();
+    e.rules.clear();
+    e
+}
+
+/// Compute the plan: flows, ruleset, NAT, drift, foreign hooks.
+pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, state: &State) -> Plan {
+    let pn = d.loaded.policy.as_ref().expect("desired has a policy");
+    let (flows, first, ruleset, nat) = match prev {
+        Some(pv) => {
+            let po = pv.loaded.policy.as_ref().expect("previous has a policy");
+            let f = flows::diff(
+                &flows::Side { policy: po, decision: &pv.compiled.decision, sm: &pv.loaded.sm },
+                &flows::Side { policy: pn, decision: &d.compiled.decision, sm: &d.loaded.sm },
+            );
+            let (a, b) = (nat_lines(po), nat_lines(pn));
+            let mut nat: Vec<String> = b.iter().filter(|x| !a.contains(x)).map(|x| format!("+ {x}")).collect();
+            nat.extend(a.iter().filter(|x| !b.contains(x)).map(|x| format!("- {x}")));
+            (f, false, delta::compare(&pv.ruleset, &d.compiled.ruleset), nat)
+        }
+        None => {
+            let empty = empty_like(pn);
+            let ce = crate::compile::compile(&empty, Capabilities { flowtable: false }).expect("an empty policy compiles");
+            let f = flows::diff(&flows::Side { policy: &empty, decision: &ce.decision, sm: &d.loaded.sm }, &flows::Side { policy: pn, decision: &d.compiled.decision, sm: &d.loaded.sm });
+            let empty_rs = Ruleset { table: crate::compile::ir::TABLE.into(), sets: vec![], chains: vec![], flowtable: None, notes: vec![], stats: Default::default() };
+            (f, true, delta::compare(&empty_rs, &d.compiled.ruleset), nat_lines(pn).into_iter().map(|x| format!("+ {x}")).collect())
+        }
+    };
+    let drift = prev.and_then(|pv| {
+        let stored = state.read(pv.number, "kernel.txt").ok()?;
+        match kernel.list_table() {
+            Ok(Some(live)) if live == stored => None,
+            Ok(Some(live)) => {
+                let (a, b): (Vec<&str>, Vec<&str>) = (stored.lines().collect(), live.lines().collect());
+                let gone: Vec<String> = a.iter().filter(|l| !b.contains(l)).take(5).map(|l| format!("  - {}", l.trim())).collect();
+                let new: Vec<String> = b.iter().filter(|l| !a.contains(l)).take(5).map(|l| format!("  + {}", l.trim())).collect();
+                Some([gone, new].concat().join("\n"))
+            }
+            Ok(None) => Some("  fwctl's table is missing from the kernel".into()),
+            Err(e) => Some(format!("  cannot read the live table: {e}")),
+        }
+    });
+    let foreign = kernel
+        .foreign_hooks()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, _, _, hook, _)| ["input", "forward", "output", "prerouting", "postrouting"].contains(&hook.as_str()))
+        .map(|(fam, table, chain, hook, prio)| format!("table {fam} {table} chain {chain} also hooks {hook} (priority {prio}): its verdicts apply in addition to fwctl's"))
+        .collect();
+    Plan { flows, first, ruleset, nat, drift, foreign }
+}
+
+/// Why an apply must not happen (unless forced, for lockouts).
+pub struct Refusal {
+    pub lockout: bool,
+    pub messages: Vec<String>,
+}
+
+/// Check errors, failed tests, and management flows (the new policy's and the
+/// applied one's) that the new policy would cut.
+pub fn refusals(d: &Desired, prev: Option<&Previous>) -> Option<Refusal> {
+    let mut messages = vec![];
+    let mut lockout = false;
+    let p = d.loaded.policy.as_ref().expect("policy");
+    let sm = &d.loaded.sm;
+    for diag in d.loaded.diags.iter().filter(|x| x.is_error()) {
+        messages.push(format!("policy error: {}", diag.message));
+    }
+    let results = crate::check::run_tests(p);
+    for diag in crate::check::test_diagnostics(p, sm, &results) {
+        messages.push(diag.message);
+    }
+    for diag in crate::check::management_diagnostics(p, sm) {
+        lockout = true;
+        messages.push(diag.message);
+    }
+    if let Some(pv) = prev {
+        let po = pv.loaded.policy.as_ref().expect("policy");
+        for m in &po.management {
+            // The applied policy's management flows, re-resolved against the new policy.
+            let claimed = crate::model::addr::AddrSet::empty();
+            let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &claimed };
+            let (Ok(from), Ok(to)) = (ctx.endpoint(&m.from.text), ctx.endpoint(&m.to.text)) else {
+                lockout = true;
+                messages.push(format!("the applied policy's management flow {} → {} ({}) names something the new policy removed", m.from.text, m.to.text, m.service_text));
+                continue;
+            };
+            let flow = crate::model::Flow { span: m.span, from, to, probes: m.probes.clone(), service_text: m.service_text.clone() };
+            let r = crate::check::run_flow(p, &flow, Expect::Allow);
+            if let Some(k) = r.failure {
+                lockout = true;
+                messages.push(format!("the new policy cuts the applied policy's management flow {} → {} ({}): {} would be refused", m.from.text, m.to.text, m.service_text, crate::check::packet_text(&r.packets[k].0)));
+            }
+        }
+    }
+    (!messages.is_empty()).then_some(Refusal { lockout, messages })
+}
+
+/// Git commit and dirty flag of the policy, if it lives in a git work tree.
+pub fn git_info(path: &Path) -> (Option<String>, Option<bool>) {
+    let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let run = |args: &[&str]| std::process::Command::new("git").arg("-C").arg(&dir).args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let commit = run(&["rev-parse", "HEAD"]);
+    let dirty = commit.as_ref().and_then(|_| run(&["status", "--porcelain", "--", "."])).map(|s| !s.is_empty());
+    (commit, dirty)
+}
+
+/// Base of every audit record.
+pub fn record(event: &str, result: &str, appliance: &str, now: i64) -> Record {
+    Record { time: audit::rfc3339(now), event: event.into(), result: result.into(), actor: audit::actor(), host: audit::hostname(), appliance: appliance.into(), summary: serde_json::Value::Null, ..Default::default() }
+}
+
+/// What the watchdog does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The window was confirmed or superseded: nothing to do.
+    Exit,
+    /// Check again later (seconds left).
+    Wait(i64),
+    /// The deadline passed unconfirmed: restore the previous generation.
+    RollBack,
+}
+
+/// The watchdog's decision, pure: `pending` as read now, `mine` the generation it
+/// guards, `now` the time.
+pub fn watchdog_step(pending: Option<&Pending>, mine: u64, now: i64) -> Step {
+    match pending {
+        Some(p) if p.generation == mine => {
+            if now >= p.deadline_unix {
+                Step::RollBack
+            } else {
+                Step::Wait(p.deadline_unix - now)
+            }
+        }
+        _ => Step::Exit,
+    }
+}
+
+/// Load a stored generation's full ruleset (None: remove fwctl's table).
+pub fn load_generation(state: &State, kernel: &dyn Kernel, n: Option<u64>) -> Result<(), String> {
+    let script = match n {
+        Some(n) => state.read(n, "ruleset.nft").map_err(|e| e.to_string())?,
+        None => format!("table inet {t}\ndelete table inet {t}\n", t = crate::compile::ir::TABLE),
+    };
+    kernel.load(&script).map_err(|e| e.to_string())
+}
+
+/// Record the live table after a change, for drift detection by `plan`.
+pub fn record_kernel(state: &State, kernel: &dyn Kernel, n: u64) {
+    if let Ok(Some(live)) = kernel.list_table() {
+        let _ = state.write_file(n, "kernel.txt", &live);
+    }
+}
+
+pub fn state_err(e: StateError) -> String {
+    e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_waits_then_rolls_back_unless_confirmed() {
+        let p = Pending { generation: 7, previous: Some(6), deadline_unix: 1000, watchdog_pid: None };
+        assert_eq!(watchdog_step(Some(&p), 7, 990), Step::Wait(10));
+        assert_eq!(watchdog_step(Some(&p), 7, 1000), Step::RollBack);
+        assert_eq!(watchdog_step(Some(&p), 7, 5000), Step::RollBack);
+        // Confirmed (pending cleared) or superseded by a newer apply: the watchdog leaves.
+        assert_eq!(watchdog_step(None, 7, 5000), Step::Exit);
+        let newer = Pending { generation: 8, ..p };
+        assert_eq!(watchdog_step(Some(&newer), 7, 5000), Step::Exit);
+    }
+}

@@ -1,0 +1,258 @@
+//! The audit trail: append-only JSON Lines, each record carrying the previous
+//! record's hash, so that any edit, deletion, reordering or truncation shows.
+//!
+//! Input: events from apply/confirm/rollback/restore. Output: `audit.jsonl` (and
+//! `audit.head`, the last sequence number and hash, written after each record so
+//! that cutting records off the end is detected too).
+//! Must not: record key material; return before the record is on disk (fsync).
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub uid: u32,
+    pub user: String,
+    pub sudo_user: Option<String>,
+    /// The SSH client's address (from SSH_CLIENT), when the command came over SSH.
+    pub ssh_origin: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// UTC, RFC 3339.
+    pub time: String,
+    /// apply, apply-refused, apply-forced, apply-failed, confirm, rollback, rollback-auto, restore
+    pub event: String,
+    /// ok, refused, failed
+    pub result: String,
+    pub actor: Actor,
+    pub host: String,
+    pub appliance: String,
+    pub generation: Option<u64>,
+    pub previous_generation: Option<u64>,
+    pub policy_path: Option<String>,
+    pub git_commit: Option<String>,
+    pub git_dirty: Option<bool>,
+    pub policy_hash: Option<String>,
+    pub ruleset_hash: Option<String>,
+    pub reason: Option<String>,
+    /// The flow-level change (and counts), as shown by `plan`.
+    pub summary: serde_json::Value,
+    pub message: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// SHA-256 of the record's JSON with `hash` empty (field order is fixed by the struct).
+pub fn record_hash(r: &Record) -> String {
+    let mut c = r.clone();
+    c.hash = String::new();
+    crate::util::sha256_hex(serde_json::to_string(&c).expect("serializable").as_bytes())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// 1-based line of the first bad record.
+    pub line: usize,
+    pub problem: String,
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "record at line {}: {}", self.line, self.problem)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// Check a whole log (pure): the chain, the sequence, every hash, the head.
+pub fn verify(text: &str, head: Option<&Head>) -> Result<Vec<Record>, Broken> {
+    let mut out: Vec<Record> = vec![];
+    let mut prev = GENESIS.to_string();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for (i, raw) in lines.iter().enumerate() {
+        let n = i + 1;
+        if !raw.ends_with('\n') {
+            return Err(Broken { line: n, problem: "the last record is torn (no end of line): the log was cut while writing, or truncated".into() });
+        }
+        let line = raw.trim_end_matches('\n');
+        let r: Record = serde_json::from_str(line).map_err(|e| Broken { line: n, problem: format!("not a valid record ({e}): edited or corrupted") })?;
+        let want_seq = out.len() as u64 + 1;
+        if r.seq != want_seq {
+            return Err(Broken { line: n, problem: format!("sequence number {} where {want_seq} was expected: a record was deleted, inserted or reordered", r.seq) });
+        }
+        if r.prev_hash != prev {
+            return Err(Broken { line: n, problem: "does not chain to the previous record: a record before it was deleted, edited or reordered".into() });
+        }
+        if record_hash(&r) != r.hash {
+            return Err(Broken { line: n, problem: "its content does not match its hash: the record was edited".into() });
+        }
+        prev = r.hash.clone();
+        out.push(r);
+    }
+    if let Some(h) = head {
+        let last = out.last().map(|r| (r.seq, r.hash.clone())).unwrap_or((0, GENESIS.into()));
+        if (last.0, &last.1) != (h.seq, &h.hash) {
+            return Err(Broken {
+                line: out.len() + 1,
+                problem: format!("the log ends at record {} but audit.head says {}: records were cut off the end", last.0, h.seq),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The audit log files of a state directory.
+pub struct Log<'a> {
+    pub dir: &'a Path,
+}
+
+impl Log<'_> {
+    pub fn path(&self) -> std::path::PathBuf {
+        self.dir.join("audit.jsonl")
+    }
+    fn head_path(&self) -> std::path::PathBuf {
+        self.dir.join("audit.head")
+    }
+    pub fn read(&self) -> std::io::Result<(String, Option<Head>)> {
+        let mut text = String::new();
+        match File::open(self.path()) {
+            Ok(mut f) => {
+                f.read_to_string(&mut text)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let head = std::fs::read_to_string(self.head_path()).ok().and_then(|s| serde_json::from_str(&s).ok());
+        Ok((text, head))
+    }
+
+    /// Append a record (seq, prev_hash and hash filled in here), fsync it, then
+    /// update the head. Refuses to append to a log that does not verify.
+    pub fn append(&self, mut r: Record) -> std::io::Result<Record> {
+        let (text, head) = self.read()?;
+        let records = verify(&text, head.as_ref()).map_err(|b| std::io::Error::other(format!("audit log does not verify, not appending: {b}")))?;
+        r.seq = records.len() as u64 + 1;
+        r.prev_hash = records.last().map(|x| x.hash.clone()).unwrap_or_else(|| GENESIS.into());
+        r.hash = record_hash(&r);
+        let line = serde_json::to_string(&r).expect("serializable") + "\n";
+        let mut f = OpenOptions::new().create(true).append(true).open(self.path())?;
+        f.write_all(line.as_bytes())?;
+        f.sync_all()?;
+        let tmp = self.dir.join("audit.head.tmp");
+        {
+            let mut h = File::create(&tmp)?;
+            h.write_all(serde_json::to_string(&Head { seq: r.seq, hash: r.hash.clone() }).expect("json").as_bytes())?;
+            h.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.head_path())?;
+        File::open(self.dir)?.sync_all()?;
+        Ok(r)
+    }
+}
+
+/// Who runs this command (effects: environment, uid).
+pub fn actor() -> Actor {
+    let uid = nix::unistd::getuid();
+    let user = nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| uid.to_string());
+    Actor {
+        uid: uid.as_raw(),
+        user,
+        sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
+        ssh_origin: std::env::var("SSH_CLIENT").ok().and_then(|s| s.split_whitespace().next().map(String::from)),
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+/// UTC RFC 3339 time of a unix timestamp.
+pub fn rfc3339(unix: i64) -> String {
+    let d = crate::sys::clock::civil_date(unix.div_euclid(86_400));
+    let s = unix.rem_euclid(86_400);
+    format!("{d}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: usize) -> (tempdir::Dir, String) {
+        let d = tempdir::Dir::new();
+        let log = Log { dir: &d.0 };
+        for i in 0..n {
+            log.append(Record { event: format!("e{i}"), result: "ok".into(), ..Default::default() }).unwrap();
+        }
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        (d, text)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!("fwctl-audit-{}-{}", std::process::id(), super::super::rfc3339(0).len() + rand()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        fn rand() -> usize {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            N.fetch_add(1, Ordering::SeqCst)
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_good_log_verifies() {
+        let (d, text) = log_with(4);
+        let (_, head) = Log { dir: &d.0 }.read().unwrap();
+        assert_eq!(verify(&text, head.as_ref()).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_caught() {
+        let (d, text) = log_with(4);
+        let (_, head) = Log { dir: &d.0 }.read().unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let join = |v: Vec<&str>| v.iter().map(|l| format!("{l}\n")).collect::<String>();
+        // edit
+        let edited = text.replace("\"e1\"", "\"e9\"");
+        assert_eq!(verify(&edited, head.as_ref()).unwrap_err().line, 2);
+        // deletion in the middle
+        let deleted = join(vec![lines[0], lines[2], lines[3]]);
+        assert_eq!(verify(&deleted, head.as_ref()).unwrap_err().line, 2);
+        // reordering
+        let reordered = join(vec![lines[0], lines[2], lines[1], lines[3]]);
+        assert_eq!(verify(&reordered, head.as_ref()).unwrap_err().line, 2);
+        // truncation at the end (whole records)
+        let truncated = join(vec![lines[0], lines[1]]);
+        assert!(verify(&truncated, head.as_ref()).unwrap_err().problem.contains("cut off"));
+        // torn last line
+        let torn = &text[..text.len() - 10];
+        assert!(verify(torn, head.as_ref()).unwrap_err().problem.contains("torn"));
+    }
+
+    #[test]
+    fn appending_to_a_broken_log_is_refused() {
+        let (d, text) = log_with(2);
+        std::fs::write(d.0.join("audit.jsonl"), text.replace("\"e0\"", "\"x\"")).unwrap();
+        assert!(Log { dir: &d.0 }.append(Record::default()).is_err());
+    }
+}

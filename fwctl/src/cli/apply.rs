@@ -1,0 +1,245 @@
+//! `fwctl apply [PATH] [--yes] [--confirm SECONDS] [--reason TEXT] [--force]`:
+//! refuse or apply in one kernel transaction, with an optional commit-confirm window.
+use super::state_args::{audit, now, StateArgs};
+use super::{OutputArgs, PolicyArgs, EXIT_FAIL, EXIT_OK, EXIT_SYSTEM};
+use crate::apply;
+use crate::state::{Meta, Pending};
+use crate::sys::nft::Kernel;
+use clap::Args;
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// The confirm window when a person applies at a terminal and gives no --confirm.
+pub const INTERACTIVE_CONFIRM: u64 = 120;
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Do not ask; required when stdin is not a terminal
+    #[arg(long)]
+    pub yes: bool,
+    /// Roll back automatically unless `fwctl confirm` runs within SECONDS (0: no window).
+    /// Default: 120 at a terminal without --yes, otherwise none.
+    #[arg(long)]
+    pub confirm: Option<u64>,
+    /// Why (recorded in the audit trail; required with --force)
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Apply even though it cuts a management flow (anti-lockout); needs --reason
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds to wait for another apply to finish
+    #[arg(long, default_value_t = 10)]
+    pub wait: u64,
+}
+
+fn refuse(state: &crate::state::State, appliance: &str, path: &str, reason: &Option<String>, msgs: &[String]) -> u8 {
+    for m in msgs {
+        eprintln!("refused: {m}");
+    }
+    let mut r = apply::record("apply-refused", "refused", appliance, now());
+    r.policy_path = Some(path.to_string());
+    r.reason = reason.clone();
+    r.message = Some(msgs.join("; "));
+    let _ = audit(state, r);
+    EXIT_FAIL
+}
+
+pub fn exec(a: &ApplyArgs) -> u8 {
+    let state = match a.state.open() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let _lock = match state.lock(Duration::from_secs(a.wait)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    let kernel = a.state.kernel();
+    let today = crate::sys::clock::today();
+    let caps = crate::sys::caps::detect(&a.state.nft);
+    let path_text = a.policy.path.display().to_string();
+    let prev = match apply::previous(&state, today, caps) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    let d = match apply::desired(&a.policy.path, today, caps, prev.as_ref().map(|p| &p.compiled.decision.alloc)) {
+        Ok(d) => d,
+        Err(loaded) => {
+            super::report(&loaded, &loaded.diags);
+            let msgs: Vec<String> = loaded.diags.iter().filter(|d| d.is_error()).map(|d| d.message.clone()).collect();
+            return refuse(&state, "unknown", &path_text, &a.reason, &msgs);
+        }
+    };
+    let p = d.loaded.policy.as_ref().expect("policy");
+    let appliance = p.name.clone();
+    let mut event = "apply";
+    if let Some(r) = apply::refusals(&d, prev.as_ref()) {
+        let forced = r.lockout && a.force && a.reason.as_deref().is_some_and(|s| !s.trim().is_empty()) && d.loaded.diags.iter().all(|x| !x.is_error()) && r.messages.iter().all(|m| !m.starts_with("test #"));
+        if !forced {
+            let mut msgs = r.messages.clone();
+            if r.lockout && !a.force {
+                msgs.push("to apply anyway (you may lose access): --force --reason \"…\"".into());
+            } else if r.lockout && a.reason.is_none() {
+                msgs.push("--force needs --reason".into());
+            }
+            return refuse(&state, &appliance, &path_text, &a.reason, &msgs);
+        }
+        for m in &r.messages {
+            eprintln!("warning (forced): {m}");
+        }
+        event = "apply-forced";
+    }
+    let plan = apply::plan(&d, prev.as_ref(), &kernel, &state);
+    if !a.out.json {
+        print!("{}", plan.text());
+    }
+    if !plan.has_changes() {
+        if a.out.json {
+            println!("{}", serde_json::json!({"applied": false, "reason": "nothing to change", "plan": plan.json()}));
+        } else {
+            println!("nothing to change");
+        }
+        return EXIT_OK;
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if !a.yes {
+        if !interactive {
+            return refuse(&state, &appliance, &path_text, &a.reason, &["stdin is not a terminal: pass --yes to apply without asking".into()]);
+        }
+        eprint!("apply this change? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("not applied");
+            return EXIT_FAIL;
+        }
+    }
+    let confirm = a.confirm.unwrap_or(if interactive && !a.yes { INTERACTIVE_CONFIRM } else { 0 });
+    let t = now();
+    let (git_commit, git_dirty) = apply::git_info(&a.policy.path);
+    let mut meta = Meta {
+        time: crate::audit::rfc3339(t),
+        unix: t,
+        event: "apply".into(),
+        actor: crate::audit::actor(),
+        reason: a.reason.clone(),
+        policy_path: path_text.clone(),
+        git_commit: git_commit.clone(),
+        git_dirty,
+        policy_hash: d.policy_hash.clone(),
+        ruleset_hash: d.ruleset_hash.clone(),
+        summary: plan.summary(),
+        appliance: appliance.clone(),
+        ..Default::default()
+    };
+    let files = [
+        ("ruleset.nft", d.script.clone()),
+        ("ruleset.json", serde_json::to_string(&d.compiled.ruleset).expect("json")),
+        ("alloc.json", serde_json::to_string(&d.compiled.decision.alloc).expect("json")),
+        ("plan.txt", plan.text()),
+        ("plan.json", serde_json::to_string_pretty(&plan.json()).expect("json")),
+    ];
+    let g = match state.create(&mut meta, &d.files, &files) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    let previous = state.current();
+    // The watchdog starts before the kernel changes, so a crash right after the
+    // change still rolls back.
+    if confirm > 0 {
+        let mut pending = Pending { generation: g, previous, deadline_unix: t + confirm as i64, watchdog_pid: None };
+        if let Err(e) = state.set_pending(Some(&pending)) {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+        match super::watchdog::spawn(&a.state, g) {
+            Ok(pid) => {
+                pending.watchdog_pid = Some(pid);
+                let _ = state.set_pending(Some(&pending));
+            }
+            Err(e) => {
+                let _ = state.set_pending(None);
+                let _ = std::fs::remove_dir_all(state.gen_dir(g));
+                eprintln!("error: cannot start the rollback watchdog: {e}");
+                return EXIT_SYSTEM;
+            }
+        }
+    }
+    // One transaction: the element delta when only set contents change, else the
+    // whole table. A delta that does not fit the live table fails atomically; then
+    // the whole table is replaced.
+    let started = Instant::now();
+    let mut how = "full replace";
+    let mut result = Err(String::new());
+    if let (Some(pv), None) = (&prev, &plan.drift) {
+        if let Some(delta) = crate::plan::delta::delta(&pv.ruleset, &d.compiled.ruleset) {
+            result = kernel.load(&crate::plan::delta::script(crate::compile::ir::TABLE, &delta)).map_err(|e| e.to_string());
+            how = "element delta";
+        }
+    }
+    if result.is_err() {
+        how = "full replace";
+        result = kernel.load(&d.script).map_err(|e| e.to_string());
+    }
+    let took = started.elapsed();
+    if let Err(e) = result {
+        let _ = state.set_pending(None);
+        let _ = std::fs::remove_dir_all(state.gen_dir(g));
+        eprintln!("error: the kernel refused the ruleset; the previous ruleset is still in place: {e}");
+        let mut r = apply::record("apply-failed", "failed", &appliance, now());
+        r.policy_path = Some(path_text);
+        r.message = Some(e);
+        r.reason = a.reason.clone();
+        let _ = audit(&state, r);
+        return EXIT_SYSTEM;
+    }
+    apply::record_kernel(&state, &kernel, g);
+    let _ = state.set_current(Some(g));
+    if confirm == 0 {
+        let _ = state.set_confirmed(Some(g));
+    }
+    let mut r = apply::record(event, "ok", &appliance, now());
+    r.generation = Some(g);
+    r.previous_generation = previous;
+    r.policy_path = Some(path_text);
+    r.git_commit = git_commit;
+    r.git_dirty = git_dirty;
+    r.policy_hash = Some(d.policy_hash.clone());
+    r.ruleset_hash = Some(d.ruleset_hash.clone());
+    r.reason = a.reason.clone();
+    r.summary = serde_json::json!({
+        "text": plan.summary(),
+        "flows": plan.flows.changes.iter().map(|c| c.line()).take(200).collect::<Vec<_>>(),
+        "nat": plan.nat,
+        "how": how,
+        "kernel_ms": took.as_secs_f64() * 1000.0,
+        "confirm_seconds": confirm,
+    });
+    if let Err(c) = audit(&state, r) {
+        return c;
+    }
+    if a.out.json {
+        println!("{}", serde_json::json!({"applied": true, "generation": g, "how": how, "kernel_ms": took.as_secs_f64() * 1000.0, "confirm_seconds": confirm, "plan": plan.json()}));
+    } else {
+        println!("applied generation {g} ({how}, kernel transaction {:.1} ms)", took.as_secs_f64() * 1000.0);
+        if confirm > 0 {
+            println!("run `fwctl confirm` within {confirm} s, or generation {} is restored automatically", previous.map(|p| p.to_string()).unwrap_or_else(|| "none (no fwctl table)".into()));
+        }
+    }
+    EXIT_OK
+}

@@ -1,0 +1,54 @@
+//! `fwctl plan [PATH]`: what `apply` would change — flows, NAT, ruleset — against
+//! the applied generation and the live kernel. Exit 0: nothing to change; 2: changes.
+use super::state_args::StateArgs;
+use super::{OutputArgs, PolicyArgs, EXIT_CHANGES, EXIT_FAIL, EXIT_OK};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn exec(a: &PlanArgs) -> u8 {
+    let state = match a.state.open() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let kernel = a.state.kernel();
+    let today = crate::sys::clock::today();
+    let caps = crate::sys::caps::detect(&a.state.nft);
+    let prev = match crate::apply::previous(&state, today, caps) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAIL;
+        }
+    };
+    let d = match crate::apply::desired(&a.policy.path, today, caps, prev.as_ref().map(|p| &p.compiled.decision.alloc)) {
+        Ok(d) => d,
+        Err(loaded) => {
+            super::report(&loaded, &loaded.diags);
+            return EXIT_FAIL;
+        }
+    };
+    let plan = crate::apply::plan(&d, prev.as_ref(), &kernel, &state);
+    let refusal = crate::apply::refusals(&d, prev.as_ref());
+    if a.out.json {
+        let mut j = plan.json();
+        j["would_refuse"] = serde_json::json!(refusal.as_ref().map(|r| &r.messages));
+        println!("{}", serde_json::to_string_pretty(&j).expect("json"));
+    } else {
+        print!("{}", plan.text());
+        if let Some(r) = &refusal {
+            for m in &r.messages {
+                println!("apply would refuse: {m}");
+            }
+        }
+    }
+    if plan.has_changes() { EXIT_CHANGES } else { EXIT_OK }
+}

@@ -1,0 +1,153 @@
+//! `fwctl rollback [--to N]` (a new generation restoring N's ruleset and policy) and
+//! `fwctl restore` (re-apply the last confirmed generation, e.g. at boot).
+use super::state_args::{audit, now, StateArgs};
+use super::{EXIT_FAIL, EXIT_OK, EXIT_SYSTEM};
+use crate::apply;
+use clap::Args;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Generation to restore (default: the one before the current)
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Why (recorded in the audit trail)
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+pub fn rollback(a: &RollbackArgs) -> u8 {
+    let state = match a.state.open() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let _lock = match state.lock(Duration::from_secs(10)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    let current = state.current();
+    let numbers = state.numbers();
+    let target = match a.to {
+        Some(n) if numbers.contains(&n) => n,
+        Some(n) => {
+            eprintln!("error: there is no generation {n}");
+            return EXIT_FAIL;
+        }
+        None => match numbers.iter().rev().find(|&&n| Some(n) < current).copied() {
+            Some(n) => n,
+            None => {
+                eprintln!("error: no generation before the current one");
+                return EXIT_FAIL;
+            }
+        },
+    };
+    let Ok(src) = state.meta(target) else {
+        eprintln!("error: generation {target} is unreadable");
+        return EXIT_SYSTEM;
+    };
+    let t = now();
+    let policy_dir = state.gen_dir(target).join("policy");
+    let files: Vec<(std::path::PathBuf, String)> = walk(&policy_dir).into_iter().filter_map(|p| Some((p.strip_prefix(&policy_dir).ok()?.to_path_buf(), std::fs::read_to_string(&p).ok()?))).collect();
+    let copies: Vec<(&str, String)> = ["ruleset.nft", "ruleset.json", "alloc.json", "plan.txt", "plan.json"].iter().filter_map(|f| Some((*f, state.read(target, f).ok()?))).collect();
+    let mut meta = crate::state::Meta { time: crate::audit::rfc3339(t), unix: t, event: "rollback".into(), source: Some(target), actor: crate::audit::actor(), reason: a.reason.clone(), summary: format!("rollback to generation {target}"), ..src.clone() };
+    let g = match state.create(&mut meta, &files, &copies) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    let kernel = a.state.kernel();
+    if let Err(e) = apply::load_generation(&state, &kernel, Some(g)) {
+        let _ = std::fs::remove_dir_all(state.gen_dir(g));
+        eprintln!("error: the kernel refused generation {target}'s ruleset; nothing changed: {e}");
+        return EXIT_SYSTEM;
+    }
+    apply::record_kernel(&state, &kernel, g);
+    let _ = state.set_current(Some(g));
+    let _ = state.set_confirmed(Some(g));
+    let _ = state.set_pending(None);
+    let mut r = apply::record("rollback", "ok", &src.appliance, now());
+    r.generation = Some(g);
+    r.previous_generation = current;
+    r.policy_hash = Some(src.policy_hash.clone());
+    r.ruleset_hash = Some(src.ruleset_hash.clone());
+    r.git_commit = src.git_commit.clone();
+    r.reason = a.reason.clone();
+    r.message = Some(format!("restored the ruleset of generation {target} as generation {g}"));
+    if let Err(c) = audit(&state, r) {
+        return c;
+    }
+    println!("rolled back to generation {target} (now generation {g})");
+    EXIT_OK
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        let mut entries: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn restore(a: &RestoreArgs) -> u8 {
+    let state = match a.state.open() {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let _lock = match state.lock(Duration::from_secs(30)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_SYSTEM;
+        }
+    };
+    let Some(target) = state.confirmed().or_else(|| state.numbers().into_iter().filter(|n| Some(*n) <= state.current()).last()) else {
+        println!("no confirmed generation: nothing to restore");
+        return EXIT_OK;
+    };
+    let kernel = a.state.kernel();
+    let result = apply::load_generation(&state, &kernel, Some(target));
+    let appliance = state.meta(target).map(|m| m.appliance).unwrap_or_default();
+    let mut r = apply::record("restore", if result.is_ok() { "ok" } else { "failed" }, &appliance, now());
+    r.generation = Some(target);
+    r.previous_generation = state.current();
+    if let Err(e) = &result {
+        r.message = Some(e.clone());
+    }
+    if result.is_ok() {
+        apply::record_kernel(&state, &kernel, target);
+        let _ = state.set_current(Some(target));
+        let _ = state.set_pending(None);
+    }
+    let _ = audit(&state, r);
+    match result {
+        Ok(()) => {
+            println!("restored generation {target}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_SYSTEM
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! `fwctl watchdog` (internal): started by `apply --confirm`, detached from the
+//! terminal; restores the previous generation unless the window is confirmed.
+use super::state_args::{audit, now, StateArgs};
+use crate::apply::{self, Step};
+use clap::Args;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct WatchdogArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// The generation this watchdog guards
+    #[arg(long)]
+    pub generation: u64,
+}
+
+/// Start a watchdog in a new session (it survives the terminal and this process),
+/// in this process's network namespace.
+pub fn spawn(s: &StateArgs, generation: u64) -> std::io::Result<u32> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("watchdog").arg("--state-dir").arg(&s.state_dir).arg("--nft").arg(&s.nft).arg("--generation").arg(generation.to_string());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    Ok(cmd.spawn()?.id())
+}
+
+pub fn exec(a: &WatchdogArgs) -> u8 {
+    let Ok(state) = crate::state::State::open(&a.state.state_dir) else { return super::EXIT_SYSTEM };
+    loop {
+        match apply::watchdog_step(state.pending().as_ref(), a.generation, now()) {
+            Step::Exit => return super::EXIT_OK,
+            Step::Wait(left) => std::thread::sleep(Duration::from_millis((left.max(0) as u64 * 1000).clamp(50, 200))),
+            Step::RollBack => break,
+        }
+    }
+    let Ok(_lock) = state.lock(Duration::from_secs(60)) else { return super::EXIT_SYSTEM };
+    // Re-check under the lock: a confirm may have won the race.
+    let Some(p) = state.pending().filter(|p| p.generation == a.generation) else { return super::EXIT_OK };
+    let kernel = a.state.kernel();
+    let result = apply::load_generation(&state, &kernel, p.previous);
+    let appliance = state.meta(a.generation).map(|m| m.appliance).unwrap_or_default();
+    let mut r = apply::record("rollback-auto", if result.is_ok() { "ok" } else { "failed" }, &appliance, now());
+    r.generation = p.previous;
+    r.previous_generation = Some(a.generation);
+    r.message = Some(match &result {
+        Ok(()) => format!("generation {} was not confirmed before its deadline; restored {}", a.generation, p.previous.map(|n| n.to_string()).unwrap_or_else(|| "the state before fwctl (table removed)".into())),
+        Err(e) => format!("automatic rollback of generation {} failed: {e}", a.generation),
+    });
+    if result.is_ok() {
+        let _ = state.set_current(p.previous);
+        if let Some(prev) = p.previous {
+            apply::record_kernel(&state, &kernel, prev);
+        }
+        let _ = state.set_pending(None);
+    }
+    // Even with a broken audit log the rollback above has happened.
+    let _ = audit(&state, r);
+    if result.is_ok() { super::EXIT_OK } else { super::EXIT_SYSTEM }
+}

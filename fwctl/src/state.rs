@@ -1,0 +1,221 @@
+//! The state directory: generations, the lock, the open confirm window.
+//!
+//! Layout (`/var/lib/fwctl` by default, mode 0700):
+//! `generations/NNNNNN/{meta.json, policy/…, ruleset.nft, ruleset.json, alloc.json,
+//! plan.txt, plan.json, kernel.txt}`, `current`, `confirmed`, `pending.json`,
+//! `lock`, `audit.jsonl`, `audit.head`.
+//! Must not: decide anything (apply.rs does); every write is atomic (tmp + rename).
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/fwctl";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    pub number: u64,
+    pub time: String,
+    pub unix: i64,
+    /// apply, rollback, restore
+    pub event: String,
+    /// For a rollback: the generation whose ruleset was restored.
+    pub source: Option<u64>,
+    pub actor: crate::audit::Actor,
+    pub reason: Option<String>,
+    pub policy_path: String,
+    pub git_commit: Option<String>,
+    pub git_dirty: Option<bool>,
+    pub policy_hash: String,
+    pub ruleset_hash: String,
+    /// One line: "+3 allowed, -1 denied flows; +12 -4 elements".
+    pub summary: String,
+    pub appliance: String,
+}
+
+/// An open commit-confirm window.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    pub generation: u64,
+    /// What to restore if not confirmed (None: fwctl's table did not exist).
+    pub previous: Option<u64>,
+    pub deadline_unix: i64,
+    pub watchdog_pid: Option<u32>,
+}
+
+#[derive(Debug)]
+pub enum StateError {
+    Io(String, std::io::Error),
+    Busy { waited: Duration, holder: String },
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateError::Io(what, e) => write!(f, "{what}: {e}"),
+            StateError::Busy { waited, holder } => write!(f, "another fwctl is changing the firewall ({holder}); waited {:.0} s, giving up", waited.as_secs_f64()),
+            StateError::Corrupt(m) => write!(f, "state directory: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {}
+
+fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, StateError> {
+    r.map_err(|e| StateError::Io(what.into(), e))
+}
+
+pub struct State {
+    pub dir: PathBuf,
+}
+
+/// Held while changing the firewall; released on drop (also if the process dies).
+pub struct Lock {
+    _f: nix::fcntl::Flock<fs::File>,
+}
+
+/// Write a file atomically: temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl State {
+    pub fn open(dir: &Path) -> Result<State, StateError> {
+        if !dir.exists() {
+            io(format!("create {}", dir.display()), fs::DirBuilder::new().recursive(true).mode(0o700).create(dir))?;
+        }
+        io(format!("chmod {}", dir.display()), fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))?;
+        io("create generations", fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.join("generations")))?;
+        Ok(State { dir: dir.to_path_buf() })
+    }
+
+    /// Take the lock, waiting up to `wait` for another fwctl to finish.
+    pub fn lock(&self, wait: Duration) -> Result<Lock, StateError> {
+        use nix::fcntl::{Flock, FlockArg};
+        let path = self.dir.join("lock");
+        let start = Instant::now();
+        loop {
+            let f = io("open lock", fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path))?;
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => {
+                    let mut fl = l;
+                    let _ = fl.set_len(0);
+                    let _ = writeln!(&mut *fl, "pid {}", std::process::id());
+                    return Ok(Lock { _f: fl });
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if start.elapsed() >= wait {
+                        let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                        return Err(StateError::Busy { waited: start.elapsed(), holder });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((_, e)) => return Err(StateError::Io("lock".into(), e.into())),
+            }
+        }
+    }
+
+    fn read_num(&self, name: &str) -> Option<u64> {
+        fs::read_to_string(self.dir.join(name)).ok().and_then(|s| s.trim().parse().ok())
+    }
+    fn write_num(&self, name: &str, n: Option<u64>) -> Result<(), StateError> {
+        let p = self.dir.join(name);
+        match n {
+            Some(n) => io(format!("write {name}"), write_atomic(&p, format!("{n}\n").as_bytes())),
+            None => {
+                let _ = fs::remove_file(p);
+                Ok(())
+            }
+        }
+    }
+    pub fn current(&self) -> Option<u64> {
+        self.read_num("current")
+    }
+    pub fn set_current(&self, n: Option<u64>) -> Result<(), StateError> {
+        self.write_num("current", n)
+    }
+    pub fn confirmed(&self) -> Option<u64> {
+        self.read_num("confirmed")
+    }
+    pub fn set_confirmed(&self, n: Option<u64>) -> Result<(), StateError> {
+        self.write_num("confirmed", n)
+    }
+    pub fn pending(&self) -> Option<Pending> {
+        fs::read_to_string(self.dir.join("pending.json")).ok().and_then(|s| serde_json::from_str(&s).ok())
+    }
+    pub fn set_pending(&self, p: Option<&Pending>) -> Result<(), StateError> {
+        let path = self.dir.join("pending.json");
+        match p {
+            Some(p) => io("write pending.json", write_atomic(&path, serde_json::to_string_pretty(p).expect("json").as_bytes())),
+            None => {
+                let _ = fs::remove_file(path);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn gen_dir(&self, n: u64) -> PathBuf {
+        self.dir.join("generations").join(format!("{n:06}"))
+    }
+
+    pub fn numbers(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = fs::read_dir(self.dir.join("generations"))
+            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn meta(&self, n: u64) -> Result<Meta, StateError> {
+        let p = self.gen_dir(n).join("meta.json");
+        let text = io(format!("read {}", p.display()), fs::read_to_string(&p))?;
+        serde_json::from_str(&text).map_err(|e| StateError::Corrupt(format!("{}: {e}", p.display())))
+    }
+
+    pub fn read(&self, n: u64, file: &str) -> Result<String, StateError> {
+        let p = self.gen_dir(n).join(file);
+        io(format!("read {}", p.display()), fs::read_to_string(&p))
+    }
+
+    /// Create the next generation with its files; `policy` is (relative path, text).
+    pub fn create(&self, meta: &mut Meta, policy: &[(PathBuf, String)], files: &[(&str, String)]) -> Result<u64, StateError> {
+        let n = self.numbers().last().copied().unwrap_or(0) + 1;
+        meta.number = n;
+        let dir = self.gen_dir(n);
+        let tmp = self.dir.join("generations").join(format!(".tmp-{n:06}"));
+        let _ = fs::remove_dir_all(&tmp);
+        io("create generation", fs::DirBuilder::new().recursive(true).mode(0o700).create(tmp.join("policy")))?;
+        for (rel, text) in policy {
+            let p = tmp.join("policy").join(rel);
+            if let Some(parent) = p.parent() {
+                io("create policy snapshot", fs::create_dir_all(parent))?;
+            }
+            io(format!("write {}", p.display()), fs::write(&p, text))?;
+        }
+        for (name, text) in files {
+            io(format!("write {name}"), fs::write(tmp.join(name), text))?;
+        }
+        io("write meta.json", fs::write(tmp.join("meta.json"), serde_json::to_string_pretty(meta).expect("json")))?;
+        io("publish generation", fs::rename(&tmp, &dir))?;
+        io("sync", fs::File::open(self.dir.join("generations")).and_then(|f| f.sync_all()))?;
+        Ok(n)
+    }
+
+    pub fn write_file(&self, n: u64, name: &str, text: &str) -> Result<(), StateError> {
+        io(format!("write {name}"), write_atomic(&self.gen_dir(n).join(name), text.as_bytes()))
+    }
+}
