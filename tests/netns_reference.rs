@@ -66,7 +66,7 @@ fn reference_policy_real_packets_agree_with_the_evaluator() {
     packets.extend(random_flows(&p, 150));
     let plan = plan::plan(&p, packets);
     let mut lab = Lab::new(&unique_prefix("fwr")).expect("lab");
-    lab::up(&mut lab, &plan, &script).expect("lab up");
+    lab::up(&mut lab, &plan, Some(&script)).expect("lab up");
     let rows = lab::check(&lab, &plan, Duration::from_millis(800));
     let (table, bad) = lab::table(&rows);
     // Every [[tests]] entry was probed with at least one real packet.

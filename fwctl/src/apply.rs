@@ -172,7 +172,7 @@ pub fn desired(path: &Path, today: Date, caps: Capabilities, prev_alloc: Option<
         Ok(c) => c,
         Err(e) => {
             let mut l = loaded;
-            l.diags.push(crate::diag::Diagnostic::error("compile", e.to_string()));
+            l.diags.push(e.diagnostic());
             return Err(l);
         }
     };

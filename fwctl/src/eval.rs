@@ -91,6 +91,7 @@ pub fn side_matches(p: &Policy, side: &Side, dev: Option<&str>, addr: IpAddr, is
     }
     let Some(zone) = dev.and_then(|d| p.zone_of_device(d)) else { return false };
     side.zones.iter().any(|&z| z == zone && p.zones[z].networks.as_ref().is_none_or(|n| n.contains(addr)))
+        || side.scoped.iter().any(|(z, a)| *z == zone && a.contains(addr))
 }
 
 pub fn rule_matches(p: &Policy, r: RuleId, pkt: &Packet) -> bool {
@@ -299,6 +300,18 @@ partners = ["198.51.100.0/24"]
         assert_eq!(evaluate(&p, &echo).verdict, Verdict::Drop);
         let lo = pkt(Hook::Input, Some("lo"), None, "127.0.0.1", "127.0.0.1", Proto::Tcp, 5);
         assert_eq!(evaluate(&p, &lo).reason, Reason::Loopback);
+    }
+
+    #[test]
+    fn vpn_peer_addresses_only_match_through_the_tunnel() {
+        let p = policy(&format!(
+            "{BASE}\n[zones.admins]\n[vpn.wg0]\nzone = \"admins\"\nprivate_key_file = \"/x\"\n[[vpn.wg0.peers]]\nname = \"alice\"\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\nallowed_ips = [\"10.200.0.2/32\"]\n[[rules]]\nname = \"alice-db\"\nfrom = \"wg0.alice\"\nto = \"db03\"\nallow = [\"ssh\"]\n"
+        ));
+        let via_tunnel = pkt(Hook::Forward, Some("wg0"), Some("eth1"), "10.200.0.2", "192.0.2.20", Proto::Tcp, 22);
+        assert_eq!(evaluate(&p, &via_tunnel).verdict, Verdict::Accept);
+        // The same source address arriving from the internet is a spoof.
+        let spoofed = pkt(Hook::Forward, Some("eth0"), Some("eth1"), "10.200.0.2", "192.0.2.20", Proto::Tcp, 22);
+        assert_eq!(evaluate(&p, &spoofed).verdict, Verdict::Drop);
     }
 
     #[test]

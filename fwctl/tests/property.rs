@@ -53,6 +53,8 @@ fn policy(rng: &mut Rng) -> String {
         }
     }
     let _ = writeln!(t, "[zones.zaddr]\nnetworks = [\"198.51.100.64/26\", \"2001:db8:30::/48\"]");
+    // A VPN whose peers may only be matched through their tunnel's zone.
+    let _ = writeln!(t, "[zones.zvpn]\nnetworks = [\"10.200.0.0/24\", \"fd00:200::/64\"]\n[vpn.wg9]\nzone = \"zvpn\"\nprivate_key_file = \"/nonexistent\"\naddresses = [\"10.200.0.1/24\"]\n[[vpn.wg9.peers]]\nname = \"p1\"\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\nallowed_ips = [\"10.200.0.2/32\", \"fd00:200::2/128\"]\n[[vpn.wg9.peers]]\nname = \"p2\"\npublic_key = \"HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=\"\nallowed_ips = [\"10.200.0.3/32\"]");
     let _ = writeln!(t, "\n[hosts]");
     let nhosts = 3 + rng.below(5);
     for h in 0..nhosts {
@@ -68,7 +70,7 @@ fn policy(rng: &mut Rng) -> String {
     let _ = writeln!(t, "\n[services]\nsvc-a = {{ tcp = [8000, \"8443-8450\"], udp = [\"5000-5100\"] }}\nsvc-b = {{ tcp = [\"8440-8445\", 22], udp = [53] }}\n");
     let mut refs: Vec<String> = (0..nzones).map(|z| format!("z{z}")).collect();
     refs.extend((0..nhosts).map(|h| format!("h{h}")));
-    refs.extend(["g0", "g1", "g2", "zaddr", "any", "192.0.2.0/26", "2001:db8:10::/120", "198.51.100.7"].map(String::from));
+    refs.extend(["g0", "g1", "g2", "zaddr", "zvpn", "wg9.p1", "wg9.p2", "any", "192.0.2.0/26", "2001:db8:10::/120", "198.51.100.7"].map(String::from));
     let nrules = 1 + rng.below(12);
     for r in 0..nrules {
         let side = |rng: &mut Rng, to: bool| -> String {
@@ -97,7 +99,7 @@ fn policy(rng: &mut Rng) -> String {
 
 fn addr(rng: &mut Rng, v6: bool) -> IpAddr {
     if v6 {
-        let pool = ["2001:db8:10::1", "2001:db8:10::80", "2001:db8:10::ff", "2001:db8:20::5", "fd00:200::2", "2001:db8:30::1", "2001:db8:ffff::1", "2001:db8:10::100"];
+        let pool = ["2001:db8:10::1", "2001:db8:10::80", "2001:db8:10::ff", "2001:db8:20::5", "fd00:200::2", "fd00:200::3", "2001:db8:30::1", "2001:db8:ffff::1", "2001:db8:10::100"];
         let base: IpAddr = rng.pick(&pool).parse().unwrap();
         if rng.chance(50) {
             if let IpAddr::V6(b) = base {
@@ -106,7 +108,7 @@ fn addr(rng: &mut Rng, v6: bool) -> IpAddr {
         }
         base
     } else {
-        let pool = ["192.0.2.1", "192.0.2.63", "192.0.2.64", "192.0.2.127", "192.0.2.128", "198.51.100.7", "198.51.100.64", "198.51.100.200", "203.0.113.5", "10.200.0.2", "8.8.8.8"];
+        let pool = ["192.0.2.1", "192.0.2.63", "192.0.2.64", "192.0.2.127", "192.0.2.128", "198.51.100.7", "198.51.100.64", "198.51.100.200", "203.0.113.5", "10.200.0.2", "10.200.0.3", "8.8.8.8"];
         let base: IpAddr = rng.pick(&pool).parse().unwrap();
         if rng.chance(50) {
             if let IpAddr::V4(b) = base {
@@ -121,6 +123,7 @@ fn packet(rng: &mut Rng, nzones: usize) -> Packet {
     let hook = *rng.pick(&[Hook::Input, Hook::Forward, Hook::Forward, Hook::Output]);
     let mut devs: Vec<String> = (0..nzones).flat_map(|z| [format!("eth{z}"), format!("eth{z}b")]).collect();
     devs.push("unknown0".into());
+    devs.push("wg9".into());
     let v6 = rng.chance(50);
     let proto = match rng.below(4) {
         0 => Proto::Tcp,

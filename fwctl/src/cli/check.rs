@@ -47,7 +47,7 @@ pub fn exec(a: &CheckArgs) -> u8 {
                 kernel_rules = c.ruleset.stats.kernel_rules;
                 elements = c.ruleset.stats.elements;
             }
-            Err(e) => extra.push(Diagnostic::error("compile", e.to_string())),
+            Err(e) => extra.push(e.diagnostic()),
         }
     }
     loaded.diags.extend(extra);

@@ -46,7 +46,7 @@ pub fn exec(a: &CompileArgs) -> u8 {
             EXIT_OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            super::report(&loaded, &[e.diagnostic()]);
             EXIT_FAIL
         }
     }

@@ -80,6 +80,16 @@ pub fn exec(a: &ExplainArgs) -> u8 {
         eprintln!("error: --src and --dst take an IPv4/IPv6 address or \"self\"");
         return EXIT_USAGE;
     };
+    if let (Some(Some(s)), Some(Some(d))) = (Some(src), Some(dst)) {
+        if s.is_ipv4() != d.is_ipv4() {
+            eprintln!("error: --src and --dst must be of the same address family");
+            return EXIT_USAGE;
+        }
+    }
+    if matches!((proto, src.or(dst)), (Proto::Icmp, Some(IpAddr::V6(_))) | (Proto::Icmpv6, Some(IpAddr::V4(_)))) {
+        eprintln!("error: icmp goes with IPv4 addresses, icmpv6 with IPv6");
+        return EXIT_USAGE;
+    }
     let port = match (a.port, proto) {
         (Some(p), _) => p,
         (None, Proto::Icmp) => 8,

@@ -55,7 +55,7 @@ fn load(path: &std::path::Path) -> Result<crate::model::Policy, u8> {
 
 pub fn exec(a: &LabArgs) -> u8 {
     if let Err(e) = netns::prerequisites() {
-        eprintln!("error: the lab needs {e}");
+        eprintln!("error: `fwctl lab` cannot run here: {e}");
         return EXIT_SYSTEM;
     }
     match &a.action {
@@ -63,6 +63,7 @@ pub fn exec(a: &LabArgs) -> u8 {
         LabAction::Check { opts, out, timeout } => check(opts, out.json, *timeout),
         LabAction::Down { prefix } => match netns::cleanup_prefix(prefix) {
             Ok(gone) => {
+                let _ = std::fs::remove_dir_all(state_dir(prefix));
                 println!("removed {} namespace(s) with prefix {prefix}", gone.len());
                 EXIT_OK
             }
@@ -74,6 +75,11 @@ pub fn exec(a: &LabArgs) -> u8 {
     }
 }
 
+/// The lab's own state directory (generations and audit of `fwctl apply` inside it).
+pub fn state_dir(prefix: &str) -> PathBuf {
+    PathBuf::from("/run/fwctl-lab").join(prefix)
+}
+
 fn up(o: &LabOpts) -> u8 {
     let p = match load(&o.path) {
         Ok(p) => p,
@@ -83,15 +89,6 @@ fn up(o: &LabOpts) -> u8 {
         eprintln!("error: a lab with prefix {} exists; run `fwctl lab down` first", o.prefix);
         return EXIT_FAIL;
     }
-    let caps = crate::sys::caps::detect("nft");
-    let compiled = match crate::compile::compile(&p, caps) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_FAIL;
-        }
-    };
-    let script = crate::render::nft::script(&compiled.ruleset, "fwctl lab");
     let plan = plan::for_policy(&p);
     let mut lab = match Lab::new(&o.prefix) {
         Ok(l) => l,
@@ -101,12 +98,31 @@ fn up(o: &LabOpts) -> u8 {
         }
     };
     // On failure the lab is dropped, which removes what was built.
-    if let Err(e) = lab::up(&mut lab, &plan, &script) {
+    if let Err(e) = lab::up(&mut lab, &plan, None) {
         eprintln!("error: lab up failed: {e}");
         return EXIT_SYSTEM;
     }
+    // The policy goes in with fwctl's own apply, inside the firewall namespace.
+    let state = state_dir(&o.prefix);
+    let _ = std::fs::remove_dir_all(&state);
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("fwctl"));
+    let fw = format!("{}-{}", o.prefix, lab::FW);
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &fw])
+        .arg(&exe)
+        .arg("apply")
+        .arg(&o.path)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--yes", "--reason", "lab up"])
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("error: fwctl apply failed inside {fw}; the lab is removed");
+        return EXIT_SYSTEM;
+    }
     lab.set_keep(true);
-    println!("lab {} is up: firewall namespace {}-{} with {} interface(s), {} host address(es)", o.prefix, o.prefix, lab::FW, plan.segments.len(), plan.segments.iter().map(|s| s.hosts.len() + s.hosts_b.len()).sum::<usize>());
+    println!("lab {} is up: policy applied in {fw} (state {}), {} interface(s), {} host address(es)", o.prefix, state.display(), plan.segments.len(), plan.segments.iter().map(|s| s.hosts.len() + s.hosts_b.len()).sum::<usize>());
     for s in &plan.segments {
         let addrs = |v: &[std::net::IpAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" ");
         println!("  {}-{} behind {} : {}", o.prefix, s.ns, s.device, addrs(&s.hosts));

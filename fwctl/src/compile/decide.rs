@@ -219,6 +219,11 @@ fn terms_in(p: &Policy, s: &Side, ctx: u8) -> Terms {
                 Some(n) => t.coarse = t.coarse.union(n),
             }
         }
+        for (sz, a) in &s.scoped {
+            if *sz == z {
+                t.fine = t.fine.union(a);
+            }
+        }
     }
     t
 }

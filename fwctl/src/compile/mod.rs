@@ -26,8 +26,8 @@ pub struct Capabilities {
 pub enum CompileError {
     /// `flowtable = "required"` on a kernel without flowtables.
     FlowtableRequired,
-    /// A NAT conflict or limit (message says which).
-    Nat(String),
+    /// A NAT conflict or limit (message says which), and where.
+    Nat(String, Option<crate::diag::Span>),
     /// More address classes than the 24-bit class field holds.
     TooManyClasses(usize),
 }
@@ -39,13 +39,24 @@ impl std::fmt::Display for CompileError {
                 f,
                 "firewall.offload.flowtable = \"required\", but this kernel has no flowtable support (NF_FLOW_TABLE); use \"auto\" to run without offload"
             ),
-            CompileError::Nat(m) => write!(f, "{m}"),
+            CompileError::Nat(m, _) => write!(f, "{m}"),
             CompileError::TooManyClasses(n) => write!(f, "the policy needs {n} address classes on one side: more than fit a 32-bit mark next to the zone id"),
         }
     }
 }
 
 impl std::error::Error for CompileError {}
+
+impl CompileError {
+    /// As a diagnostic, pointing at the offending NAT entry when there is one.
+    pub fn diagnostic(&self) -> crate::diag::Diagnostic {
+        let d = crate::diag::Diagnostic::error("compile", self.to_string());
+        match self {
+            CompileError::Nat(_, Some(span)) => d.at(*span, "here"),
+            _ => d,
+        }
+    }
+}
 
 pub const LOG_RATE: &str = "limit rate 10/second burst 20 packets";
 

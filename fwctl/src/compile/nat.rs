@@ -6,7 +6,7 @@
 
 use super::ir::*;
 use super::CompileError;
-use crate::model::addr::{AddrSet, Ranges};
+use crate::model::addr::Ranges;
 use crate::model::{Policy, Side};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,23 +31,25 @@ fn dnat(p: &Policy, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Result<(), 
             for &(lo, hi) in ranges.ranges() {
                 count += u32::from(hi - lo) + 1;
                 if count > MAX_FORWARD_PORTS {
-                    return Err(CompileError::Nat(format!("port forward `{}` covers more than {MAX_FORWARD_PORTS} ports", d.name)));
+                    return Err(CompileError::Nat(format!("port forward `{}` covers more than {MAX_FORWARD_PORTS} ports", d.name), Some(d.span)));
                 }
                 for port in lo..=hi {
                     let to_port = d.to_port.unwrap_or(port);
                     let families: Vec<bool> = match d.destination {
                         Some(a) => vec![a.is_ipv6()],
-                        None => [(false, d.to_v4.is_some()), (true, d.to_v6.is_some())].iter().filter(|x| x.1).map(|x| x.0).collect(),
+                        // Without a destination address, only IPv4 is forwarded:
+                        // IPv6 hosts are reachable directly (no NAT66 by surprise).
+                        None => d.to_v4.map(|_| vec![false]).unwrap_or_default(),
                     };
                     for v6 in families {
                         let dest = d.destination;
                         let key = (dev.clone(), dest, proto, port);
                         if let Some(other) = claimed.get(&key).filter(|o| **o != d.name) {
                             let what = if proto == 6 { "tcp" } else { "udp" };
-                            return Err(CompileError::Nat(format!(
-                                "port forwards `{other}` and `{}` both claim {what}/{port} on `{}`",
-                                d.name, p.ifaces[d.iface].key
-                            )));
+                            return Err(CompileError::Nat(
+                                format!("port forwards `{other}` and `{}` both claim {what}/{port} on `{}`", d.name, p.ifaces[d.iface].key),
+                                Some(d.span),
+                            ));
                         }
                         claimed.insert(key.clone(), d.name.clone());
                         let data = if v6 {
@@ -83,7 +85,8 @@ fn dnat(p: &Policy, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Result<(), 
                     let what = if *proto == 6 { "tcp" } else { "udp" };
                     let mut pair = [other.clone(), name.clone()];
                     pair.sort();
-                    return Err(CompileError::Nat(format!("port forwards `{}` and `{}` both claim {what}/{port} on device {dev}", pair[0], pair[1])));
+                    let span = p.dnat.iter().find(|d| d.name == pair[1]).map(|d| d.span);
+                    return Err(CompileError::Nat(format!("port forwards `{}` and `{}` both claim {what}/{port} on device {dev}", pair[0], pair[1]), span));
                 }
             }
         }
@@ -117,68 +120,69 @@ fn dnat(p: &Policy, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Result<(), 
     Ok(())
 }
 
-/// One alternative of a NAT `from`: ingress devices (None: any) and IPv4 sources.
+/// One alternative of a NAT `from`: ingress devices (None: any) and sources of
+/// one family.
 struct Term {
     devs: Option<Vec<String>>,
     v4: Ranges<u32>,
+    v6: Ranges<u128>,
 }
 
 fn terms(p: &Policy, s: &Side) -> Vec<Term> {
+    let devs_of = |z: usize| -> Vec<String> { p.zones[z].ifaces.iter().map(|&i| p.ifaces[i].device.to_string()).collect() };
     let mut out = vec![];
     if s.any {
-        out.push(Term { devs: None, v4: Ranges::full() });
+        out.push(Term { devs: None, v4: Ranges::full(), v6: Ranges::full() });
         return out;
     }
     for &z in &s.zones {
-        let devs = p.zones[z].ifaces.iter().map(|&i| p.ifaces[i].device.to_string()).collect();
-        let v4 = p.zones[z].networks.as_ref().map_or_else(Ranges::full, |n| n.v4.clone());
-        if !v4.is_empty() {
-            out.push(Term { devs: Some(devs), v4 });
-        }
+        let (v4, v6) = p.zones[z].networks.as_ref().map_or_else(|| (Ranges::full(), Ranges::full()), |n| (n.v4.clone(), n.v6.clone()));
+        out.push(Term { devs: Some(devs_of(z)), v4, v6 });
     }
-    if s.addrs.has_v4() {
-        out.push(Term { devs: None, v4: s.addrs.v4.clone() });
+    for (z, a) in &s.scoped {
+        out.push(Term { devs: Some(devs_of(*z)), v4: a.v4.clone(), v6: a.v6.clone() });
+    }
+    if !s.addrs.is_empty() {
+        out.push(Term { devs: None, v4: s.addrs.v4.clone(), v6: s.addrs.v6.clone() });
     }
     out
 }
 
-fn overlap(a: &Term, b: &Term) -> bool {
+/// Which family a source NAT rule translates: masquerade and SNAT to an IPv4
+/// address translate IPv4; SNAT to an IPv6 address translates IPv6.
+fn v6_rule(s: &crate::model::Snat) -> bool {
+    matches!(s.to, Some(IpAddr::V6(_)))
+}
+
+fn overlap(a: &Term, b: &Term, v6: bool) -> bool {
     let devs = match (&a.devs, &b.devs) {
         (Some(x), Some(y)) => x.iter().any(|d| y.contains(d)),
         _ => true,
     };
-    devs && a.v4.intersects(&b.v4)
+    devs && if v6 { a.v6.intersects(&b.v6) } else { a.v4.intersects(&b.v4) }
 }
 
 fn snat(p: &Policy, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Result<(), CompileError> {
     let all: Vec<Vec<Term>> = p.snat.iter().map(|s| terms(p, &s.from)).collect();
     for i in 0..p.snat.len() {
         for j in i + 1..p.snat.len() {
-            if p.snat[i].out == p.snat[j].out && all[i].iter().any(|a| all[j].iter().any(|b| overlap(a, b))) {
+            let v6 = v6_rule(&p.snat[i]);
+            if p.snat[i].out == p.snat[j].out && v6 == v6_rule(&p.snat[j]) && all[i].iter().any(|a| all[j].iter().any(|b| overlap(a, b, v6))) {
                 let d = |k: usize| format!("from [{}] out {}", p.snat[k].from_text.join(", "), p.ifaces[p.snat[k].out].key);
-                return Err(CompileError::Nat(format!("source NAT rules overlap: {} and {}; make their sources disjoint", d(i), d(j))));
+                return Err(CompileError::Nat(format!("source NAT rules overlap: {} and {}; make their sources disjoint", d(i), d(j)), Some(p.snat[j].span)));
             }
         }
     }
     let mut rules = vec![];
     for (i, (s, ts)) in p.snat.iter().zip(&all).enumerate() {
         let out = &p.ifaces[s.out].device;
+        let v6 = v6_rule(s);
         let action = match s.to {
             None => "masquerade".to_string(),
             Some(IpAddr::V4(a)) => format!("snat ip to {a}"),
             Some(IpAddr::V6(a)) => format!("snat ip6 to {a}"),
         };
-        if matches!(s.to, Some(IpAddr::V6(_))) {
-            // IPv6 source NAT: match IPv6 sources.
-            let mut v6 = AddrSet::empty();
-            v6.v6 = if s.from.any { Ranges::full() } else { s.from.addrs.v6.clone() };
-            if !v6.v6.is_empty() {
-                let name = format!("snat{i}_src6");
-                sets.push(Set { name: name.clone(), key: vec![KeyType::Ipv6Addr], data: None, interval: true, counter: false, comment: "source NAT sources".into(), elements: v6.v6.ranges().iter().map(|&(l, h)| Elem { key: vec![Val::V6(l, h)], data: None, comment: None }).collect() });
-                rules.push(format!("oifname \"{out}\" ip6 saddr @{name} {action}"));
-            }
-            continue;
-        }
+        let mut emitted = 0;
         for (k, t) in ts.iter().enumerate() {
             let mut r = String::new();
             if let Some(devs) = &t.devs {
@@ -186,15 +190,29 @@ fn snat(p: &Policy, sets: &mut Vec<Set>, chains: &mut Vec<Chain>) -> Result<(), 
                 r.push_str(&format!("iifname {{ {list} }} "));
             }
             r.push_str(&format!("oifname \"{out}\" "));
-            if t.v4.is_full() {
-                r.push_str("meta nfproto ipv4 ");
+            let (full, empty) = if v6 { (t.v6.is_full(), t.v6.is_empty()) } else { (t.v4.is_full(), t.v4.is_empty()) };
+            if empty {
+                continue;
+            }
+            if full {
+                r.push_str(if v6 { "meta nfproto ipv6 " } else { "meta nfproto ipv4 " });
             } else {
-                let name = format!("snat{i}_{k}_src4");
-                sets.push(Set { name: name.clone(), key: vec![KeyType::Ipv4Addr], data: None, interval: true, counter: false, comment: "source NAT sources".into(), elements: t.v4.ranges().iter().map(|&(l, h)| Elem { key: vec![Val::V4(l, h)], data: None, comment: None }).collect() });
-                r.push_str(&format!("ip saddr @{name} "));
+                let name = format!("snat{i}_{k}_src{}", if v6 { 6 } else { 4 });
+                let elements: Vec<Elem> = if v6 {
+                    t.v6.ranges().iter().map(|&(l, h)| Elem { key: vec![Val::V6(l, h)], data: None, comment: None }).collect()
+                } else {
+                    t.v4.ranges().iter().map(|&(l, h)| Elem { key: vec![Val::V4(l, h)], data: None, comment: None }).collect()
+                };
+                sets.push(Set { name: name.clone(), key: vec![if v6 { KeyType::Ipv6Addr } else { KeyType::Ipv4Addr }], data: None, interval: true, counter: false, comment: "source NAT sources".into(), elements });
+                r.push_str(&format!("{} saddr @{name} ", if v6 { "ip6" } else { "ip" }));
             }
             r.push_str(&action);
             rules.push(r);
+            emitted += 1;
+        }
+        if emitted == 0 {
+            let fam = if v6 { "IPv6" } else { "IPv4" };
+            return Err(CompileError::Nat(format!("source NAT from [{}] translates {fam}, but those sources have no {fam} address", s.from_text.join(", ")), Some(s.span)));
         }
     }
     if !rules.is_empty() {

@@ -24,8 +24,9 @@ fn host(a: IpAddr) -> String {
 }
 
 /// Build the namespaces and links of a plan, then load `ruleset` (an `nft -f`
-/// script) into the firewall namespace.
-pub fn up(lab: &mut Lab, plan: &Plan, ruleset: &str) -> Result<(), Error> {
+/// script) into the firewall namespace, if given (`fwctl lab up` applies with
+/// `fwctl apply` instead).
+pub fn up(lab: &mut Lab, plan: &Plan, ruleset: Option<&str>) -> Result<(), Error> {
     let fw = lab.add_ns(FW)?;
     lab.forwarding(&fw, true)?;
     lab.sysctl(&fw, "net.ipv4.conf.all.rp_filter", "0")?;
@@ -73,7 +74,9 @@ pub fn up(lab: &mut Lab, plan: &Plan, ruleset: &str) -> Result<(), Error> {
         }
     }
     lab.wait_ready(Duration::from_secs(5))?;
-    lab.run_nft(&fw, ruleset)?;
+    if let Some(r) = ruleset {
+        lab.run_nft(&fw, r)?;
+    }
     Ok(())
 }
 

@@ -108,7 +108,7 @@ fn claimed(p: &Policy) -> crate::model::addr::AddrSet {
     }
     for (n, _) in p.names.values() {
         match n {
-            Named::Host(a) | Named::Peer(a) => c = c.union(a),
+            Named::Host(a) | Named::Peer(a, _) => c = c.union(a),
             Named::Group(s, _) => c = c.union(&s.addrs),
             Named::Zone(_) => {}
         }

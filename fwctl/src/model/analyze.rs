@@ -34,6 +34,10 @@ fn families(p: &Policy, s: &Side) -> (bool, bool) {
         return (true, true);
     }
     let (mut v4, mut v6) = (s.addrs.has_v4(), s.addrs.has_v6());
+    for (_, a) in &s.scoped {
+        v4 |= a.has_v4();
+        v6 |= a.has_v6();
+    }
     for &z in &s.zones {
         match &p.zones[z].networks {
             None => return (true, true),
@@ -83,6 +87,12 @@ fn side_covers(p: &Policy, b: &Side, a: &Side) -> bool {
         return false;
     }
     if !a.addrs.is_subset(&b.addrs) {
+        return false;
+    }
+    let scoped_ok = a.scoped.iter().all(|(z, x)| {
+        x.is_subset(&b.addrs) || b.scoped.iter().any(|(bz, y)| bz == z && x.is_subset(y)) || (b.zones.contains(z) && p.zones[*z].networks.as_ref().is_none_or(|n| x.is_subset(n)))
+    });
+    if !scoped_ok {
         return false;
     }
     a.zones.iter().all(|&z| {

@@ -106,11 +106,14 @@ pub struct Side {
     /// and zones without interfaces (`coarse`). `addrs = fine ∪ coarse`.
     pub fine: AddrSet,
     pub coarse: AddrSet,
+    /// Addresses that match only on interfaces of a zone (VPN peers: a peer's
+    /// address is authentic only when it comes through the peer's tunnel).
+    pub scoped: Vec<(ZoneId, AddrSet)>,
 }
 
 impl Side {
     pub fn is_empty(&self) -> bool {
-        !self.any && !self.self_ && self.addrs.is_empty() && self.zones.is_empty()
+        !self.any && !self.self_ && self.addrs.is_empty() && self.zones.is_empty() && self.scoped.is_empty()
     }
 }
 
@@ -241,7 +244,9 @@ pub enum Named {
     Host(AddrSet),
     /// The resolved side, and the members as written (tests pick one address per member).
     Group(Side, Vec<String>),
-    Peer(AddrSet),
+    /// A VPN peer: its allowed IPs, and the zone of its tunnel (None if the VPN
+    /// itself is invalid). Peers match only through their tunnel's zone.
+    Peer(AddrSet, Option<ZoneId>),
 }
 
 #[derive(Clone, Debug)]
@@ -267,7 +272,7 @@ impl Policy {
     /// representative the second, so neither collides with a named host.
     pub fn free_addrs(&self, nets: &AddrSet, v6: bool) -> Vec<IpAddr> {
         let used = |a: IpAddr| {
-            self.names.values().any(|(n, _)| matches!(n, Named::Host(s) | Named::Peer(s) if s.contains(a)))
+            self.names.values().any(|(n, _)| matches!(n, Named::Host(s) | Named::Peer(s, _) if s.contains(a)))
                 || self.vpns.iter().any(|v| v.addresses.iter().any(|(x, _)| *x == a))
         };
         let mut out = vec![];

@@ -346,7 +346,8 @@ impl Resolver<'_> {
                         Some(Side { zones: vec![z], ..Default::default() })
                     }
                 }
-                Named::Host(a) | Named::Peer(a) => Some(Side { addrs: a.clone(), fine: a, ..Default::default() }),
+                Named::Host(a) => Some(Side { addrs: a.clone(), fine: a, ..Default::default() }),
+                Named::Peer(a, zone) => Some(Side { scoped: zone.map(|z| vec![(z, a)]).unwrap_or_default(), ..Default::default() }),
                 // A group is a unit for classification: all its addresses are coarse.
                 Named::Group(..) => self.group(&s.v.clone(), stack).map(|mut g| {
                     g.coarse = g.addrs.clone();
@@ -428,7 +429,7 @@ impl Resolver<'_> {
                 Named::Zone(_) => "a zone",
                 Named::Host(_) => "a host",
                 Named::Group(..) => "a group",
-                Named::Peer(_) => "a VPN peer",
+                Named::Peer(..) => "a VPN peer",
             };
             Diagnostic::error("wrong-kind", format!("`{}` is {kind}, not a service", r.v)).at(r.span, "expected a service")
         } else {
@@ -780,7 +781,7 @@ impl Resolver<'_> {
                         None
                     }
                 });
-                self.declare(&full, Named::Peer(set));
+                self.declare(&full, Named::Peer(set, zone));
                 peers.push(Peer {
                     name: pname.v.clone(),
                     span: p.span,
@@ -827,7 +828,7 @@ impl Resolver<'_> {
         }
         for (n, _) in self.names.values() {
             match n {
-                Named::Host(a) | Named::Peer(a) => c = c.union(a),
+                Named::Host(a) | Named::Peer(a, _) => c = c.union(a),
                 Named::Group(s, _) => c = c.union(&s.addrs),
                 Named::Zone(_) => {}
             }
@@ -973,6 +974,13 @@ fn merge(into: &mut Side, s: &Side) {
     into.addrs = into.addrs.union(&s.addrs);
     into.fine = into.fine.union(&s.fine);
     into.coarse = into.coarse.union(&s.coarse);
+    for (z, a) in &s.scoped {
+        match into.scoped.iter_mut().find(|(x, _)| x == z) {
+            Some((_, b)) => *b = b.union(a),
+            None => into.scoped.push((*z, a.clone())),
+        }
+    }
+    into.scoped.sort_by_key(|(z, _)| *z);
     for z in &s.zones {
         if !into.zones.contains(z) {
             into.zones.push(*z);
@@ -1091,7 +1099,7 @@ impl EndpointCtx<'_> {
                     out.push((ip, p.iface_for_addr(ip)));
                 }
             }
-            Named::Peer(a) => {
+            Named::Peer(a, _) => {
                 let vpn_iface = p.vpns.iter().find(|v| name.starts_with(&format!("{}.", v.name))).map(|v| v.iface);
                 for ip in a.first_v4().map(IpAddr::V4).into_iter().chain(a.first_v6().map(IpAddr::V6)) {
                     out.push((ip, vpn_iface));

@@ -168,6 +168,11 @@ fn side_addrs(p: &Policy, s: &crate::model::Side, ctx: u8) -> AddrSet {
                 Some(n) => a = a.union(n),
             }
         }
+        for (sz, x) in &s.scoped {
+            if *sz == z {
+                a = a.union(x);
+            }
+        }
     }
     a
 }
@@ -277,7 +282,7 @@ fn port_pieces(ranges: &[(u16, u16)], cuts: &BTreeSet<u16>) -> Vec<(u16, u16)> {
 fn describe(p: &Policy, lo: IpAddr, hi: IpAddr, zone: &str) -> String {
     if lo == hi {
         for (name, (n, _)) in &p.names {
-            if let Named::Host(a) | Named::Peer(a) = n {
+            if let Named::Host(a) | Named::Peer(a, _) = n {
                 if a.contains(lo) {
                     return format!("{name} ({lo})");
                 }
@@ -367,7 +372,9 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
                     ];
                     for &(slo, shi) in &a_pieces {
                         for &(dlo, dhi) in &b_pieces {
-                            if slo.is_ipv4() != dlo.is_ipv4() {
+                            // Different families never meet; a single address talking to
+                            // itself never crosses the firewall.
+                            if slo.is_ipv4() != dlo.is_ipv4() || (slo == shi && dlo == dhi && slo == dlo) {
                                 continue;
                             }
                             for (proto, ports) in &protos {

@@ -34,15 +34,19 @@ pub fn civil_date(days: i64) -> Date {
     Date { year, month, day }
 }
 
-/// `FWCTL_TODAY=YYYY-MM-DD` pins the date (tests, reproducible builds).
+/// `FWCTL_TODAY=YYYY-MM-DD` pins the date (tests, reproducible builds); an
+/// unparseable value is reported and the system date used.
 pub fn today() -> Date {
     if let Ok(s) = std::env::var("FWCTL_TODAY") {
         let parts: Vec<&str> = s.split('-').collect();
         if let [y, m, d] = parts[..] {
-            if let (Ok(year), Ok(month), Ok(day)) = (y.parse(), m.parse(), d.parse()) {
-                return Date { year, month, day };
+            if let (Ok(year), Ok(month), Ok(day)) = (y.parse::<u16>(), m.parse::<u8>(), d.parse::<u8>()) {
+                if (1..=12).contains(&month) && (1..=31).contains(&day) {
+                    return Date { year, month, day };
+                }
             }
         }
+        eprintln!("warning: FWCTL_TODAY={s:?} is not a date (YYYY-MM-DD); using the system date");
     }
     SystemClock.today()
 }
