@@ -283,8 +283,7 @@ pub fn refusals(d: &Desired, prev: Option<&Previous>) -> Option<Refusal> {
         let po = pv.loaded.policy.as_ref().expect("policy");
         for m in &po.management {
             // The applied policy's management flows, re-resolved against the new policy.
-            let claimed = crate::model::addr::AddrSet::empty();
-            let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &claimed };
+            let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &p.claimed };
             let (Ok(from), Ok(to)) = (ctx.endpoint(&m.from.text), ctx.endpoint(&m.to.text)) else {
                 lockout = true;
                 messages.push(format!("the applied policy's management flow {} → {} ({}) names something the new policy removed", m.from.text, m.to.text, m.service_text));

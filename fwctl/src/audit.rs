@@ -49,11 +49,24 @@ pub struct Record {
     pub hash: String,
 }
 
-/// SHA-256 of the record's JSON with `hash` empty (field order is fixed by the struct).
-pub fn record_hash(r: &Record) -> String {
-    let mut c = r.clone();
-    c.hash = String::new();
-    crate::util::sha256_hex(serde_json::to_string(&c).expect("serializable").as_bytes())
+/// The line written for a record: its JSON with `hash` last. The hash is the
+/// SHA-256 of exactly these bytes with `"hash":""`, so verification needs no
+/// re-serialisation (which could print numbers differently).
+pub fn seal(r: &mut Record) -> String {
+    r.hash = String::new();
+    let unsealed = serde_json::to_string(&*r).expect("serializable");
+    r.hash = crate::util::sha256_hex(unsealed.as_bytes());
+    let tail = "\"hash\":\"\"}";
+    debug_assert!(unsealed.ends_with(tail));
+    format!("{}\"hash\":\"{}\"}}", &unsealed[..unsealed.len() - tail.len()], r.hash)
+}
+
+/// Recompute a line's hash from its bytes: (stored, computed).
+fn line_hash(line: &str) -> Option<(String, String)> {
+    let at = line.rfind(",\"hash\":\"")?;
+    let stored = line[at + 9..].strip_suffix("\"}")?.to_string();
+    let unsealed = format!("{},\"hash\":\"\"}}", &line[..at]);
+    Some((stored, crate::util::sha256_hex(unsealed.as_bytes())))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -94,8 +107,9 @@ pub fn verify(text: &str, head: Option<&Head>) -> Result<Vec<Record>, Broken> {
         if r.prev_hash != prev {
             return Err(Broken { line: n, problem: "does not chain to the previous record: a record before it was deleted, edited or reordered".into() });
         }
-        if record_hash(&r) != r.hash {
-            return Err(Broken { line: n, problem: "its content does not match its hash: the record was edited".into() });
+        match line_hash(line) {
+            Some((stored, computed)) if stored == computed && stored == r.hash => {}
+            _ => return Err(Broken { line: n, problem: "its content does not match its hash: the record was edited".into() }),
         }
         prev = r.hash.clone();
         out.push(r);
@@ -148,8 +162,7 @@ impl Log<'_> {
         let records = verify(&text, head.as_ref()).map_err(|b| std::io::Error::other(format!("audit log does not verify, not appending: {b}")))?;
         r.seq = records.len() as u64 + 1;
         r.prev_hash = records.last().map(|x| x.hash.clone()).unwrap_or_else(|| GENESIS.into());
-        r.hash = record_hash(&r);
-        let line = serde_json::to_string(&r).expect("serializable") + "\n";
+        let line = seal(&mut r) + "\n";
         let mut f = OpenOptions::new().create(true).append(true).open(self.path())?;
         f.write_all(line.as_bytes())?;
         f.sync_all()?;
@@ -162,6 +175,16 @@ impl Log<'_> {
         std::fs::rename(&tmp, self.head_path())?;
         File::open(self.dir)?.sync_all()?;
         Ok(r)
+    }
+}
+
+impl Log<'_> {
+    /// Refuse early (before any change) when the trail cannot take a new record.
+    pub fn check_writable(&self) -> Result<(), String> {
+        let (text, head) = self.read().map_err(|e| format!("cannot read the audit trail: {e}"))?;
+        verify(&text, head.as_ref()).map(|_| ()).map_err(|b| {
+            format!("the audit trail does not verify ({b}); nothing was changed. Keep the broken log as evidence (move audit.jsonl and audit.head aside) to start a new chain")
+        })
     }
 }
 
@@ -251,6 +274,17 @@ mod tests {
         // torn last line
         let torn = &text[..text.len() - 10];
         assert!(verify(torn, head.as_ref()).unwrap_err().problem.contains("torn"));
+    }
+
+    #[test]
+    fn numbers_that_do_not_round_trip_still_verify() {
+        let d = tempdir::Dir::new();
+        let log = Log { dir: &d.0 };
+        for x in [19.741782999999998f64, 0.1 + 0.2, 1e-7, 123456.789012345] {
+            log.append(Record { event: "apply".into(), summary: serde_json::json!({ "ms": x }), ..Default::default() }).unwrap();
+        }
+        let (text, head) = log.read().unwrap();
+        assert_eq!(verify(&text, head.as_ref()).unwrap().len(), 4);
     }
 
     #[test]

@@ -119,7 +119,12 @@ impl State {
                 }
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                     if start.elapsed() >= wait {
-                        let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                        let text = fs::read_to_string(&path).unwrap_or_default();
+                        let pid = text.trim().strip_prefix("pid ").and_then(|p| p.parse::<u32>().ok());
+                        let holder = match pid {
+                            Some(p) if Path::new(&format!("/proc/{p}")).exists() => format!("pid {p}"),
+                            _ => "a process that did not say who it is (e.g. flock by hand)".into(),
+                        };
                         return Err(StateError::Busy { waited: start.elapsed(), holder });
                     }
                     std::thread::sleep(Duration::from_millis(50));

@@ -62,6 +62,10 @@ pub fn exec(a: &ApplyArgs) -> u8 {
             return EXIT_SYSTEM;
         }
     };
+    if let Err(e) = (crate::audit::Log { dir: &state.dir }).check_writable() {
+        eprintln!("error: {e}");
+        return EXIT_SYSTEM;
+    }
     let kernel = a.state.kernel();
     let today = crate::sys::clock::today();
     let caps = crate::sys::caps::detect(&a.state.nft);
@@ -90,8 +94,8 @@ pub fn exec(a: &ApplyArgs) -> u8 {
             let mut msgs = r.messages.clone();
             if r.lockout && !a.force {
                 msgs.push("to apply anyway (you may lose access): --force --reason \"…\"".into());
-            } else if r.lockout && a.reason.is_none() {
-                msgs.push("--force needs --reason".into());
+            } else if r.lockout && a.reason.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                msgs.push("--force needs a non-empty --reason".into());
             }
             return refuse(&state, &appliance, &path_text, &a.reason, &msgs);
         }
@@ -227,7 +231,7 @@ pub fn exec(a: &ApplyArgs) -> u8 {
         "flows": plan.flows.changes.iter().map(|c| c.line()).take(200).collect::<Vec<_>>(),
         "nat": plan.nat,
         "how": how,
-        "kernel_ms": took.as_secs_f64() * 1000.0,
+        "kernel_us": took.as_micros() as u64,
         "confirm_seconds": confirm,
     });
     if let Err(c) = audit(&state, r) {

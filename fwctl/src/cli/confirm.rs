@@ -22,6 +22,10 @@ pub fn exec(a: &ConfirmArgs) -> u8 {
             return EXIT_SYSTEM;
         }
     };
+    if let Err(e) = (crate::audit::Log { dir: &state.dir }).check_writable() {
+        eprintln!("error: {e}");
+        return EXIT_SYSTEM;
+    }
     let Some(p) = state.pending() else {
         println!("nothing to confirm (no confirm window is open)");
         return EXIT_OK;

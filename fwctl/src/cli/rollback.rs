@@ -36,6 +36,10 @@ pub fn rollback(a: &RollbackArgs) -> u8 {
             return EXIT_SYSTEM;
         }
     };
+    if let Err(e) = (crate::audit::Log { dir: &state.dir }).check_writable() {
+        eprintln!("error: {e}");
+        return EXIT_SYSTEM;
+    }
     let current = state.current();
     let numbers = state.numbers();
     let target = match a.to {

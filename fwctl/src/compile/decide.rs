@@ -26,6 +26,9 @@ use std::collections::{BTreeSet, HashMap};
 pub const LOCAL: u8 = 1;
 pub const OTHER: u8 = 2;
 
+/// Port ranges narrower than this are expanded into exact elements.
+pub const EXPAND_PORTS: u32 = 64;
+
 pub fn zone_ctx(zone: usize) -> u8 {
     3 + zone as u8
 }
@@ -597,8 +600,12 @@ pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, TooManyC
             (17u8, svc(&|s: &ServiceSet| s.udp.ranges().to_vec())),
         ] {
             for (lo, hi, rules) in atoms(&items) {
-                if lo == hi {
-                    layer.exact.push(((sv, dv, proto, lo), rules));
+                // Narrow ranges become exact (hash) elements: a concatenated interval
+                // map costs far more per lookup than a hash map (pipapo vs hash).
+                if u32::from(hi - lo) < EXPAND_PORTS {
+                    for port in lo..=hi {
+                        layer.exact.push(((sv, dv, proto, port), rules.clone()));
+                    }
                 } else {
                     layer.ranges.push(((sv, dv, proto, lo, hi), rules));
                 }

@@ -87,8 +87,7 @@ pub fn lab_packets(p: &Policy) -> Vec<(String, String, Packet)> {
 
 /// A flow between two named endpoints for a named service (None if unknown).
 pub fn flow(p: &Policy, from: &str, to: &str, service: &str) -> Option<Flow> {
-    let claimed = claimed(p);
-    let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &claimed };
+    let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &p.claimed };
     let svc = crate::model::services::builtin(service).or_else(|| custom_service(p, service))?;
     Some(Flow { span: p.rules.first().map(|r| r.span)?, from: ctx.endpoint(from).ok()?, to: ctx.endpoint(to).ok()?, probes: svc.representatives(), service_text: service.into() })
 }
@@ -96,31 +95,6 @@ pub fn flow(p: &Policy, from: &str, to: &str, service: &str) -> Option<Flow> {
 fn custom_service(p: &Policy, name: &str) -> Option<crate::model::ServiceSet> {
     // Custom services are folded into rules; recover one from a rule that names it alone.
     p.rules.iter().find(|r| r.service_text.len() == 1 && r.service_text[0] == name).map(|r| r.services.clone())
-}
-
-fn claimed(p: &Policy) -> crate::model::addr::AddrSet {
-    use crate::model::Named;
-    let mut c = crate::model::addr::AddrSet::empty();
-    for z in &p.zones {
-        if let Some(n) = &z.networks {
-            c = c.union(n);
-        }
-    }
-    for (n, _) in p.names.values() {
-        match n {
-            Named::Host(a) | Named::Peer(a, _) => c = c.union(a),
-            Named::Group(s, _) => c = c.union(&s.addrs),
-            Named::Zone(_) => {}
-        }
-    }
-    for r in &p.rules {
-        for s in [&r.from, &r.to] {
-            if !s.addrs.is_full() {
-                c = c.union(&s.addrs);
-            }
-        }
-    }
-    c
 }
 
 /// Where an address lives: (segment, second namespace?).

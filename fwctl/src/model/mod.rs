@@ -264,6 +264,9 @@ pub struct Policy {
     pub snat: Vec<Snat>,
     pub vpns: Vec<Vpn>,
     pub tests: Vec<Test>,
+    /// Every address the policy names (zone networks, hosts, peers, groups, rule
+    /// addresses, port-forward destinations): a "random internet address" avoids them.
+    pub claimed: AddrSet,
 }
 
 impl Policy {

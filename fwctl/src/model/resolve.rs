@@ -42,8 +42,9 @@ pub fn resolve(raw: &RawPolicy, today: Date, diags: &mut Vec<Diagnostic>) -> Opt
         snat,
         vpns,
         tests: vec![],
+        claimed,
     };
-    let ep = EndpointCtx { policy: &policy, claimed: &claimed };
+    let ep = EndpointCtx { policy: &policy, claimed: &policy.claimed };
     let management = r.management(&ep);
     let tests = r.tests(&ep);
     policy.management = management;

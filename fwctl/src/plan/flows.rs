@@ -406,6 +406,14 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
                                     }
                                     let previously = !is && after.rules.is_empty();
                                     let rules = if previously { rule_text(old, &before.rules) } else { rule_text(new, &after.rules) };
+                                    // The appliance's own end is shown whole, as `self`.
+                                    let whole = |lo: IpAddr, hi: IpAddr, local: bool| -> (IpAddr, IpAddr) {
+                                        match (local, lo) {
+                                            (true, IpAddr::V4(_)) => (IpAddr::V4(0.into()), IpAddr::V4(u32::MAX.into())),
+                                            (true, IpAddr::V6(_)) => (IpAddr::V6(0.into()), IpAddr::V6(u128::MAX.into())),
+                                            _ => (lo, hi),
+                                        }
+                                    };
                                     raw.push(FlowChange {
                                         now_allowed: is,
                                         hook: format!("{hook:?}").to_lowercase(),
@@ -417,8 +425,8 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
                                         ports: (plo, phi),
                                         rules,
                                         previously,
-                                        src_range: (slo, shi),
-                                        dst_range: (dlo, dhi),
+                                        src_range: whole(slo, shi, js.device.is_none()),
+                                        dst_range: whole(dlo, dhi, jd.device.is_none()),
                                     });
                                 }
                             }
@@ -485,7 +493,7 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
     }
     let mut out = vec![];
     for (mut c, ranges) in grouped {
-        c.src = if covers(&c.from_zone, &ranges) {
+        c.src = if c.from_zone == "self" || covers(&c.from_zone, &ranges) {
             c.from_zone.clone()
         } else {
             let mut parts: Vec<String> = ranges.iter().take(4).map(|r| describe(pn, r.0, r.1, &c.from_zone)).collect();
@@ -494,7 +502,7 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
             }
             parts.join(", ")
         };
-        c.dst = if covers(&c.to_zone, &[c.dst_range]) { c.to_zone.clone() } else { describe(pn, c.dst_range.0, c.dst_range.1, &c.to_zone) };
+        c.dst = if c.to_zone == "self" || covers(&c.to_zone, &[c.dst_range]) { c.to_zone.clone() } else { describe(pn, c.dst_range.0, c.dst_range.1, &c.to_zone) };
         out.push(c);
     }
     out.sort_by(|a, b| (b.now_allowed, &a.from_zone, &a.dst, a.proto, a.ports, &a.src).cmp(&(a.now_allowed, &b.from_zone, &b.dst, b.proto, b.ports, &b.src)));
