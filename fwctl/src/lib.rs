@@ -27,3 +27,4 @@ pub mod render;
 pub mod state;
 pub mod sys;
 pub mod util;
+pub mod vpn;

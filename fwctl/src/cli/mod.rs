@@ -16,6 +16,7 @@ pub mod rollback;
 pub mod state_args;
 pub mod watchdog;
 pub mod confirm;
+pub mod vpn;
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -62,6 +63,8 @@ pub enum Command {
     Lab(lab::LabArgs),
     #[command(hide = true)]
     Watchdog(watchdog::WatchdogArgs),
+    /// WireGuard tunnels: keys, up/down/status, peers
+    Vpn(vpn::VpnArgs),
 }
 
 /// Options shared by commands that read a policy.
@@ -108,6 +111,7 @@ pub fn main() -> u8 {
         Command::History(a) => history::exec(&a),
         Command::Audit(a) => audit::exec(&a),
         Command::Watchdog(a) => watchdog::exec(&a),
+        Command::Vpn(a) => vpn::exec(&a),
     }
 }
 

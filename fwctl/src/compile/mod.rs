@@ -203,7 +203,16 @@ impl Builder<'_> {
             let name = layer.name();
             let (sk, dk) = (layer.src.expect("set"), layer.dst.expect("set"));
             let (sm, dm) = (layer.smask, layer.dmask);
-            let key_expr = |tail: &str| format!("meta mark & 0x{sm:08x} . ct mark & 0x{dm:08x} . {tail}");
+            // A class field of 0 (no rule names the address) matches no element:
+            // a compare skips the lookup. Zone fields are never 0.
+            let mut guard = String::new();
+            if sk != KeyKind::Zone {
+                guard.push_str(&format!("meta mark & 0x{sm:08x} != 0 "));
+            }
+            if dk != KeyKind::Zone {
+                guard.push_str(&format!("ct mark & 0x{dm:08x} != 0 "));
+            }
+            let key_expr = |tail: &str| format!("{guard}meta mark & 0x{sm:08x} . ct mark & 0x{dm:08x} . {tail}");
             let action = layer.action();
             let what = match action {
                 Action::Allow => "allow",
