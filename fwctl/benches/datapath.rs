@@ -5,7 +5,9 @@
 //! (fw: `eth0` faces the client 203.0.113.0/24, `eth1` the server 198.51.100.0/24)
 //! and measures, for each ruleset in the fw namespace's forward path:
 //! - `none`: no ruleset (the physical limit);
-//! - `stateful`: `ct state established,related accept; accept` (empty firewall);
+//! - `stateful`: `ct state established,related accept; accept` (a bare stateful firewall);
+//! - `fwctl-empty`: fwctl's pipeline compiled from an empty policy (only the `bench`
+//!   rule): the empty-firewall baseline for fwctl's scaling claim;
 //! - `fwctl-10k`: the fwctl-compiled generated 10k-rule policy plus a `bench` rule;
 //! - `linear-10k`: the same policy rendered as one nft rule per policy rule and
 //!   family (deny rules first, the bench rule last), named sets per group.
@@ -978,6 +980,13 @@ fn run() -> R<()> {
         fwctl::compile::compile(&policy, fwctl::compile::Capabilities { flowtable: false })
             .map_err(|e| e.to_string())?;
     let fwctl_script = fwctl::render::nft::script(&compiled.ruleset, "datapath bench");
+    // The empty-firewall baseline: fwctl's own pipeline with no rule but the bench one.
+    let empty_policy = load_policy(&bench_policy_text(0)?)?;
+    check_bench_flows(&empty_policy)?;
+    let empty_script = fwctl::render::nft::script(
+        &fwctl::compile::compile(&empty_policy, fwctl::compile::Capabilities { flowtable: false }).map_err(|e| e.to_string())?.ruleset,
+        "datapath bench (empty policy)",
+    );
     let linear = linear_script(&policy);
     let st = &compiled.ruleset.stats;
     let tag = if nrules.is_multiple_of(1000) {
@@ -1031,6 +1040,7 @@ fn run() -> R<()> {
             name: "stateful".into(),
             script: Some("table inet base {\n chain forward {\n  type filter hook forward priority filter; policy accept;\n  ct state established,related accept\n  accept\n }\n}\n".into()),
         },
+        Config { name: "fwctl-empty".into(), script: Some(empty_script) },
         Config { name: format!("fwctl-{tag}"), script: Some(fwctl_script) },
         Config { name: format!("linear-{tag}"), script: Some(linear.script) },
     ];
@@ -1146,6 +1156,12 @@ fn run() -> R<()> {
         );
     }
     println!("(figures: medians over reps; ratios: medians of the per-rep ratios, each rep's configs measured back to back)");
+    println!(
+        "scaling: fwctl-{tag} vs fwctl-empty (same pipeline, {} rules vs 1): tcp {:.3}, new_udp {:.3}",
+        policy.rules.len(),
+        ratio(&results[3], &results[2], |r, i| r.tcp[i]),
+        ratio(&results[3], &results[2], |r, i| r.udp[i].kpps)
+    );
     let spread = |v: Vec<f64>| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -1171,15 +1187,17 @@ fn run() -> R<()> {
                 .collect::<Vec<_>>(),
         )
     };
-    let linear_extra = extra(&results[3], &results[1]);
+    let linear_extra = extra(&results[4], &results[1]);
     println!();
     println!(
-        "per new UDP flow, CPU µs (senders/rate; only meaningful on an otherwise idle machine): none {:.2}; stateful {:+.2} over none; {} {:+.2} over stateful; {} {:+.2} over stateful = {:.0} ns per linear rule",
+        "per new UDP flow, CPU µs (senders/rate; only meaningful on an otherwise idle machine): none {:.2}; stateful {:+.2} over none; {} {:+.2} over stateful; {} {:+.2} over stateful; {} {:+.2} over stateful = {:.0} ns per linear rule",
         us(none.1),
         extra(&results[1], &results[0]),
         configs[2].name,
         extra(&results[2], &results[1]),
         configs[3].name,
+        extra(&results[3], &results[1]),
+        configs[4].name,
         linear_extra,
         linear_extra * 1e3 / linear.rules.max(1) as f64
     );

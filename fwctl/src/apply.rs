@@ -232,13 +232,14 @@ pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, state: &S
         }
     };
     let drift = prev.and_then(|pv| {
+        // Absent for large tables (see LISTING_LIMIT): no drift check then.
         let stored = state.read(pv.number, "kernel.txt").ok()?;
         match kernel.list_table() {
             Ok(Some(live)) if live == stored => None,
             Ok(Some(live)) => {
-                let (a, b): (Vec<&str>, Vec<&str>) = (stored.lines().collect(), live.lines().collect());
-                let gone: Vec<String> = a.iter().filter(|l| !b.contains(l)).take(5).map(|l| format!("  - {}", l.trim())).collect();
-                let new: Vec<String> = b.iter().filter(|l| !a.contains(l)).take(5).map(|l| format!("  + {}", l.trim())).collect();
+                let (a, b): (std::collections::HashSet<&str>, std::collections::HashSet<&str>) = (stored.lines().collect(), live.lines().collect());
+                let gone: Vec<String> = stored.lines().filter(|l| !b.contains(l)).take(5).map(|l| format!("  - {}", l.trim())).collect();
+                let new: Vec<String> = live.lines().filter(|l| !a.contains(l)).take(5).map(|l| format!("  + {}", l.trim())).collect();
                 Some([gone, new].concat().join("\n"))
             }
             Ok(None) => Some("  fwctl's table is missing from the kernel".into()),
@@ -349,8 +350,17 @@ pub fn load_generation(state: &State, kernel: &dyn Kernel, n: Option<u64>) -> Re
     kernel.load(&script).map_err(|e| e.to_string())
 }
 
+/// Above this many set elements the live table is not listed back (nft 1.0.6 takes
+/// seconds to minutes): drift detection is then skipped, and `plan` says so.
+pub const LISTING_LIMIT: usize = 50_000;
+
 /// Record the live table after a change, for drift detection by `plan`.
 pub fn record_kernel(state: &State, kernel: &dyn Kernel, n: u64) {
+    let small = state.read(n, "ruleset.json").ok().and_then(|s| serde_json::from_str::<Ruleset>(&s).ok()).is_none_or(|r| r.sets.iter().map(|s| s.elements.len()).sum::<usize>() <= LISTING_LIMIT);
+    if !small {
+        let _ = std::fs::remove_file(state.gen_dir(n).join("kernel.txt"));
+        return;
+    }
     if let Ok(Some(live)) = kernel.list_table() {
         let _ = state.write_file(n, "kernel.txt", &live);
     }

@@ -30,6 +30,8 @@ impl Span {
 #[derive(Default, Debug)]
 pub struct SourceMap {
     files: Vec<(PathBuf, String)>,
+    /// Byte offset of each line start, per file (positions are looked up often).
+    lines: Vec<Vec<usize>>,
 }
 
 /// A resolved position: 1-based line and column (columns count characters).
@@ -42,6 +44,8 @@ pub struct Position {
 
 impl SourceMap {
     pub fn add(&mut self, path: PathBuf, text: String) -> FileId {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        self.lines.push(starts);
         self.files.push((path, text));
         FileId(self.files.len() as u32 - 1)
     }
@@ -58,9 +62,9 @@ impl SourceMap {
     pub fn line_col(&self, f: FileId, offset: usize) -> (usize, usize) {
         let text = self.text(f);
         let offset = offset.min(text.len());
-        let before = &text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let starts = &self.lines[f.0 as usize];
+        let line = starts.partition_point(|&s| s <= offset);
+        let line_start = starts[line - 1];
         let col = text[line_start..offset].chars().count() + 1;
         (line, col)
     }

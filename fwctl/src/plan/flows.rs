@@ -330,8 +330,11 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
     let mut seen: HashSet<(usize, usize, IpAddr, IpAddr, Proto, u16)> = HashSet::new();
     let mut raw: Vec<FlowChange> = vec![];
     let mut truncated = false;
+    let names = |s: &Side| -> Vec<String> { s.policy.rules.iter().map(|r| format!("{} ({})", r.name, s.sm.locate_line(r.span))).collect() };
+    let (old_names, new_names) = (names(old), names(new));
     let rule_text = |s: &Side, ids: &[usize]| -> Vec<String> {
-        ids.iter().map(|&r| format!("{} ({})", s.policy.rules[r].name, s.sm.locate_line(s.policy.rules[r].span))).collect()
+        let table = if std::ptr::eq(s.policy, old.policy) { &old_names } else { &new_names };
+        ids.iter().map(|&r| table[r].clone()).collect()
     };
     'outer: for (side, is_old) in [(new, false), (old, true)] {
         for rule in side.policy.rules.iter().filter(|r| changed.contains(&r.name)) {
@@ -480,14 +483,14 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
         !fam.is_empty() && fam.is_subset(&got)
     };
     let mut grouped: Vec<(FlowChange, Vec<(IpAddr, IpAddr)>)> = vec![];
+    let mut index: std::collections::HashMap<(bool, String, String, (IpAddr, IpAddr), Proto, (u16, u16), Vec<String>, bool), usize> = Default::default();
     for c in out {
-        if let Some((g, rs)) = grouped.iter_mut().find(|(g, rs)| {
-            g.now_allowed == c.now_allowed && g.from_zone == c.from_zone && g.to_zone == c.to_zone && g.dst_range == c.dst_range && g.proto == c.proto && g.ports == c.ports && g.rules == c.rules && rs[0].0.is_ipv4() == c.src_range.0.is_ipv4()
-        }) {
-            let _ = g;
-            rs.push(c.src_range);
+        let key = (c.now_allowed, c.from_zone.clone(), c.to_zone.clone(), c.dst_range, c.proto, c.ports, c.rules.clone(), c.src_range.0.is_ipv4());
+        if let Some(&k) = index.get(&key) {
+            grouped[k].1.push(c.src_range);
             continue;
         }
+        index.insert(key, grouped.len());
         let r = c.src_range;
         grouped.push((c, vec![r]));
     }
