@@ -51,21 +51,10 @@ fn refuse(state: &crate::state::State, appliance: &str, path: &str, reason: &Opt
 }
 
 pub fn exec(a: &ApplyArgs) -> u8 {
-    let state = match a.state.open() {
-        Ok(s) => s,
+    let (state, _lock) = match a.state.open_locked(Duration::from_secs(a.wait), true) {
+        Ok(x) => x,
         Err(c) => return c,
     };
-    let _lock = match state.lock(Duration::from_secs(a.wait)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_SYSTEM;
-        }
-    };
-    if let Err(e) = (crate::audit::Log { dir: &state.dir }).check_writable() {
-        eprintln!("error: {e}");
-        return EXIT_SYSTEM;
-    }
     let kernel = a.state.kernel();
     let today = crate::sys::clock::today();
     let caps = crate::sys::caps::detect(&a.state.nft);

@@ -11,21 +11,10 @@ pub struct ConfirmArgs {
 }
 
 pub fn exec(a: &ConfirmArgs) -> u8 {
-    let state = match a.state.open() {
-        Ok(s) => s,
+    let (state, _lock) = match a.state.open_locked(Duration::from_secs(10), true) {
+        Ok(x) => x,
         Err(c) => return c,
     };
-    let _lock = match state.lock(Duration::from_secs(10)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_SYSTEM;
-        }
-    };
-    if let Err(e) = (crate::audit::Log { dir: &state.dir }).check_writable() {
-        eprintln!("error: {e}");
-        return EXIT_SYSTEM;
-    }
     let Some(p) = state.pending() else {
         println!("nothing to confirm (no confirm window is open)");
         return EXIT_OK;

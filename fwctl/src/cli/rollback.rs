@@ -25,21 +25,10 @@ pub struct RestoreArgs {
 }
 
 pub fn rollback(a: &RollbackArgs) -> u8 {
-    let state = match a.state.open() {
-        Ok(s) => s,
+    let (state, _lock) = match a.state.open_locked(Duration::from_secs(10), true) {
+        Ok(x) => x,
         Err(c) => return c,
     };
-    let _lock = match state.lock(Duration::from_secs(10)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_SYSTEM;
-        }
-    };
-    if let Err(e) = (crate::audit::Log { dir: &state.dir }).check_writable() {
-        eprintln!("error: {e}");
-        return EXIT_SYSTEM;
-    }
     let current = state.current();
     let numbers = state.numbers();
     let target = match a.to {
@@ -114,16 +103,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 pub fn restore(a: &RestoreArgs) -> u8 {
-    let state = match a.state.open() {
-        Ok(s) => s,
+    let (state, _lock) = match a.state.open_locked(Duration::from_secs(30), false) {
+        Ok(x) => x,
         Err(c) => return c,
-    };
-    let _lock = match state.lock(Duration::from_secs(30)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_SYSTEM;
-        }
     };
     let Some(target) = state.confirmed().or_else(|| state.numbers().into_iter().filter(|n| Some(*n) <= state.current()).last()) else {
         println!("no confirmed generation: nothing to restore");

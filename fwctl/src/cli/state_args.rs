@@ -16,6 +16,24 @@ impl StateArgs {
     pub fn kernel(&self) -> crate::sys::nft::NftCli {
         crate::sys::nft::NftCli { program: self.nft.clone() }
     }
+    /// Open the state directory and take the apply lock (waiting up to `wait`).
+    /// With `audited`, also refuse early when the audit trail cannot take a record,
+    /// so nothing is changed that could not be recorded.
+    pub fn open_locked(&self, wait: std::time::Duration, audited: bool) -> Result<(crate::state::State, crate::state::Lock), u8> {
+        let state = self.open()?;
+        let lock = state.lock(wait).map_err(|e| {
+            eprintln!("error: {e}");
+            super::EXIT_SYSTEM
+        })?;
+        if audited {
+            if let Err(e) = (crate::audit::Log { dir: &state.dir }).check_writable() {
+                eprintln!("error: {e}");
+                return Err(super::EXIT_SYSTEM);
+            }
+        }
+        Ok((state, lock))
+    }
+
     pub fn open(&self) -> Result<crate::state::State, u8> {
         crate::state::State::open(&self.state_dir).map_err(|e| {
             eprintln!("error: {e}");
