@@ -24,6 +24,10 @@
 //! Knobs: `FWCTL_BENCH_REPS` (3), `FWCTL_BENCH_SECS` (3, per TCP run and per flood),
 //! `FWCTL_BENCH_SENDERS` (UDP sender threads, default: one per CPU), `FWCTL_BENCH_RULES` (10000).
 //! `FWCTL_BENCH_DUMP=DIR` writes the policy and both nft scripts there and stops.
+//! `FWCTL_BENCH_VARIANTS=a.nft,b.nft` measures extra rulesets alongside (experiments).
+//! `FWCTL_BENCH_PROFILE=CONFIG` floods through that one configuration only, for
+//! `FWCTL_BENCH_SECS`, under `perf record -a -g` (perf.data in the current directory),
+//! and prints its rate: where the kernel spends a new connection's time.
 //! Every loop is bounded in count and time; the namespaces go away on exit or panic.
 
 use std::collections::BTreeMap;
@@ -415,8 +419,10 @@ fn conntrack_state(ns: &str) -> R<(u64, BTreeMap<String, u64>)> {
 
 /// Sends UDP datagrams to 198.51.100.10:9000 for `secs`, each from a new
 /// (source address, source port): tuple k = start + thread + i * threads.
-/// Returns (sent, send errors, elapsed).
-fn udp_flood(client_ns: &str, threads: u64, start: u64, secs: f64) -> R<(u64, u64, Duration)> {
+/// Returns (sent, send errors, elapsed, CPU time of the sender threads). The
+/// forwarding of a sent datagram through the fw and server namespaces runs in the
+/// sender's softirq context, so the threads' CPU time is the path's cost.
+fn udp_flood(client_ns: &str, threads: u64, start: u64, secs: f64) -> R<(u64, u64, Duration, Duration)> {
     const BATCH: usize = 64;
     const PAYLOAD: usize = 18;
     const LEN: usize = 20 + 8 + PAYLOAD;
@@ -466,6 +472,7 @@ fn udp_flood(client_ns: &str, threads: u64, start: u64, secs: f64) -> R<(u64, u6
                 })
                 .collect();
             let (mut sent, mut errors, mut k) = (0u64, 0u64, start + t);
+            let cpu0 = thread_cpu();
             let t0 = Instant::now();
             let deadline = t0 + Duration::from_secs_f64(secs);
             while sent + errors < max_packets && Instant::now() < deadline {
@@ -495,23 +502,32 @@ fn udp_flood(client_ns: &str, threads: u64, start: u64, secs: f64) -> R<(u64, u6
                     }
                 }
             }
-            Ok((sent, errors, t0.elapsed()))
+            Ok((sent, errors, t0.elapsed(), thread_cpu().saturating_sub(cpu0)))
         })
         .map_err(|e| format!("sender thread: {e}"))?;
         handles.push(h);
     }
-    let (mut sent, mut errors, mut elapsed) = (0, 0, Duration::ZERO);
+    let (mut sent, mut errors, mut elapsed, mut cpu) = (0, 0, Duration::ZERO, Duration::ZERO);
     for h in handles {
-        let (s, e, d) = join(h).map_err(|e| format!("sender: {e}"))?;
+        let (s, e, d, c) = join(h).map_err(|e| format!("sender: {e}"))?;
         sent += s;
         errors += e;
         elapsed = elapsed.max(d);
+        cpu += c;
     }
-    Ok((sent, errors, elapsed))
+    Ok((sent, errors, elapsed, cpu))
+}
+
+/// CPU time of the calling thread (includes softirq work done in its context).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 struct Udp {
     kpps: f64,
+    /// Sender threads' CPU time per datagram sent, ns: the path's cost, much less
+    /// sensitive than the rate to other work sharing the machine.
+    cpu_ns: f64,
     sent_kpps: f64,
     errors: u64,
     /// Largest nf_conntrack_count seen at the end of a segment.
@@ -534,6 +550,7 @@ fn measure_udp(t: &Topo, threads: u64, mut start: u64, secs: f64) -> R<Udp> {
     let rx0 = rx_counter(t)?;
     let mut u = Udp {
         kpps: 0.0,
+        cpu_ns: 0.0,
         sent_kpps: 0.0,
         errors: 0,
         ct_max: 0,
@@ -541,13 +558,14 @@ fn measure_udp(t: &Topo, threads: u64, mut start: u64, secs: f64) -> R<Udp> {
         ct_early_drop: 0,
         ct_insert_failed: 0,
     };
-    let (mut sent, mut elapsed) = (0u64, Duration::ZERO);
+    let (mut sent, mut elapsed, mut cpu) = (0u64, Duration::ZERO, Duration::ZERO);
     for _ in 0..segments {
         in_ns(&t.fw, conntrack_flush).map_err(|e| format!("conntrack flush: {e}"))?;
         let (_, before) = conntrack_state(&t.fw)?;
-        let (s, e, d) = udp_flood(&t.client, threads, start, seg)?;
+        let (s, e, d, c) = udp_flood(&t.client, threads, start, seg)?;
         start += s + e + threads;
         sent += s;
+        cpu += c;
         u.errors += e;
         elapsed += d;
         let (count, after) = conntrack_state(&t.fw)?;
@@ -570,6 +588,7 @@ fn measure_udp(t: &Topo, threads: u64, mut start: u64, secs: f64) -> R<Udp> {
     let s = elapsed.as_secs_f64().max(1e-3);
     u.kpps = (rx1 - rx0) as f64 / s / 1e3;
     u.sent_kpps = sent as f64 / s / 1e3;
+    u.cpu_ns = cpu.as_nanos() as f64 / sent.max(1) as f64;
     Ok(u)
 }
 
@@ -753,7 +772,7 @@ fn run() -> R<()> {
         println!("wrote policy.toml, fwctl.nft, linear.nft to {dir}");
         return Ok(());
     }
-    let configs = [
+    let mut configs = vec![
         Config { name: "none".into(), script: None },
         Config {
             name: "stateful".into(),
@@ -763,9 +782,35 @@ fn run() -> R<()> {
         Config { name: format!("fwctl-{tag}"), script: Some(fwctl_script) },
         Config { name: format!("linear-{tag}"), script: Some(linear.script) },
     ];
+    // Experiments: extra rulesets measured alongside, named by file stem.
+    for f in std::env::var("FWCTL_BENCH_VARIANTS").unwrap_or_default().split(',').filter(|f| !f.is_empty()) {
+        let path = std::path::Path::new(f);
+        let script = std::fs::read_to_string(path).map_err(|e| format!("{f}: {e}"))?;
+        configs.push(Config { name: path.file_stem().map_or(f.into(), |s| s.to_string_lossy().into_owned()), script: Some(script) });
+    }
 
     let topo = build_lab()?;
     let e = |e: fwctl::sys::netns::Error| e.to_string();
+    if let Ok(which) = std::env::var("FWCTL_BENCH_PROFILE") {
+        let c = configs.iter().find(|c| c.name == which).ok_or_else(|| format!("FWCTL_BENCH_PROFILE: no config {which}"))?;
+        topo.lab.run_nft(&topo.fw, "flush ruleset\n").map_err(e)?;
+        if let Some(s) = &c.script {
+            topo.lab.run_nft(&topo.fw, s).map_err(e)?;
+        }
+        measure_udp(&topo, senders, 10_000_000, 0.5)?;
+        let mut perf = Helper(
+            Command::new("perf")
+                .args(["record", "-a", "-g", "-q", "-o", "perf.data", "--", "sleep", &(secs + 1).to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|err| format!("perf: {err}"))?,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let udp = measure_udp(&topo, senders, 0, secs as f64)?;
+        let _ = perf.0.wait();
+        println!("profile {which}: new UDP {:.1} kpps (sent {:.1}), {:.0} ns CPU per flow; perf.data written", udp.kpps, udp.sent_kpps, udp.cpu_ns);
+        return Ok(());
+    }
     let ct_max =
         std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max").unwrap_or_default();
     eprintln!(
@@ -797,12 +842,13 @@ fn run() -> R<()> {
             let udp = measure_udp(&topo, senders, tuple_start, secs as f64)?;
             tuple_start = (tuple_start + 3_000_000) % (SRC_COUNT * PORT_COUNT);
             eprintln!(
-                "  rep {} {:<11} tcp {:6.2} Gbit/s | udp recv {:7.1} kpps sent {:7.1} kpps send_err {} | fw conntrack max {} drop {} early_drop {} insert_failed {}",
+                "  rep {} {:<11} tcp {:6.2} Gbit/s | udp recv {:7.1} kpps sent {:7.1} kpps cpu {:6.0} ns/flow send_err {} | fw conntrack max {} drop {} early_drop {} insert_failed {}",
                 rep + 1,
                 c.name,
                 tcp,
                 udp.kpps,
                 udp.sent_kpps,
+                udp.cpu_ns,
                 udp.errors,
                 udp.ct_max,
                 udp.ct_drop,
@@ -837,7 +883,7 @@ fn run() -> R<()> {
     };
     println!();
     println!(
-        "{:<11} {:>6} {:>6} {:>8} {:>10} {:>12} {:>15} {:>16} {:>11} {:>12}",
+        "{:<11} {:>6} {:>6} {:>8} {:>10} {:>12} {:>15} {:>16} {:>11} {:>12} {:>11} {:>15}",
         "config",
         "load_s",
         "krules",
@@ -847,7 +893,9 @@ fn run() -> R<()> {
         "tcp_vs_stateful",
         "kpps_vs_stateful",
         "tcp_vs_none",
-        "kpps_vs_none"
+        "kpps_vs_none",
+        "cpu_ns/flow",
+        "cpu_vs_stateful"
     );
     for ((c, r), m) in configs.iter().zip(&results).zip(&med) {
         let load = if r.load_s.is_empty() {
@@ -861,7 +909,7 @@ fn run() -> R<()> {
                 (a.to_string(), b.to_string())
             });
         println!(
-            "{:<11} {:>6} {:>6} {:>8} {:>10.2} {:>12.1} {:>15.3} {:>16.3} {:>11.3} {:>12.3}",
+            "{:<11} {:>6} {:>6} {:>8} {:>10.2} {:>12.1} {:>15.3} {:>16.3} {:>11.3} {:>12.3} {:>11.0} {:>15.3}",
             c.name,
             load,
             kr,
@@ -871,15 +919,19 @@ fn run() -> R<()> {
             ratio(r, &results[1], |r, i| r.tcp[i]),
             ratio(r, &results[1], |r, i| r.udp[i].kpps),
             ratio(r, &results[0], |r, i| r.tcp[i]),
-            ratio(r, &results[0], |r, i| r.udp[i].kpps)
+            ratio(r, &results[0], |r, i| r.udp[i].kpps),
+            median(&r.udp.iter().map(|u| u.cpu_ns).collect::<Vec<_>>()),
+            ratio(&results[1], r, |r, i| r.udp[i].cpu_ns)
         );
     }
+    println!("(cpu_ns/flow: the sender threads' CPU time per new flow, forwarding included; cpu_vs_stateful = stateful's cost / this config's: the rate ratio an idle machine would show)");
     println!("(figures: medians over reps; ratios: medians of the per-rep ratios, each rep's configs measured back to back)");
     println!(
-        "scaling: fwctl-{tag} vs fwctl-empty (same pipeline, {} rules vs 1): tcp {:.3}, new_udp {:.3}",
+        "scaling: fwctl-{tag} vs fwctl-empty (same pipeline, {} rules vs 1): tcp {:.3}, new_udp {:.3}, new_udp by CPU cost {:.3}",
         policy.rules.len(),
         ratio(&results[3], &results[2], |r, i| r.tcp[i]),
-        ratio(&results[3], &results[2], |r, i| r.udp[i].kpps)
+        ratio(&results[3], &results[2], |r, i| r.udp[i].kpps),
+        ratio(&results[2], &results[3], |r, i| r.udp[i].cpu_ns)
     );
     let spread = |v: Vec<f64>| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);

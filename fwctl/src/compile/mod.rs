@@ -326,7 +326,9 @@ impl Builder<'_> {
         classify.push("goto in_from_other".into());
         self.chains.push(chain("in_classify", "input: classify a new connection", classify));
 
-        // Forward: source context by ingress, destination context by egress.
+        // Forward: one lookup on the (ingress, egress) device pair when both are
+        // declared; an undeclared device on either side takes the two-step path
+        // (source context by ingress, then destination context by egress).
         let mut dst_targets = vec![];
         for &ctx in &zone_ctxs {
             let name = format!("fwd_to_{ctx}");
@@ -338,12 +340,26 @@ impl Builder<'_> {
         let mut rules = set_dst(OTHER);
         rules.push("goto decide".into());
         self.chains.push(chain("fwd_to_other", "forward to an undeclared interface", rules));
-        let oif_map = self.dispatch_map("fwd_oif", "forward: egress device -> context", dst_targets.clone());
+        let oif_map = self.dispatch_map("fwd_oif", "forward: egress device -> context", dst_targets);
+        let mut pair_targets = vec![];
+        for &from in &zone_ctxs {
+            for &to in &zone_ctxs {
+                let name = format!("fwd_{from}_{to}");
+                let mut rules = set_src(from);
+                rules.extend(set_dst(to));
+                rules.push("goto decide".into());
+                self.chains.push(chain(&name, &format!("forward from {} to {}", self.ctx_name(from), self.ctx_name(to)), rules));
+                for i in devs_of(from) {
+                    pair_targets.extend(devs_of(to).into_iter().map(|o| (i.clone(), o, name.clone())));
+                }
+            }
+        }
         let mut src_targets = vec![];
         for ctx in zone_ctxs.iter().copied().chain([OTHER]) {
             let name = if ctx == OTHER { "fwd_from_other".to_string() } else { format!("fwd_from_{ctx}") };
             let mut rules = set_src(ctx);
-            if let Some(m) = &oif_map {
+            // From a declared device the egress is undeclared (else the pair map hit).
+            if let (OTHER, Some(m)) = (ctx, &oif_map) {
                 rules.push(format!("oifname vmap @{m}"));
             }
             rules.push("goto fwd_to_other".into());
@@ -353,6 +369,11 @@ impl Builder<'_> {
             }
         }
         let mut classify = vec![];
+        if !pair_targets.is_empty() {
+            let elements = pair_targets.into_iter().map(|(i, o, chain)| Elem { key: vec![Val::Ifname(i), Val::Ifname(o)], data: Some(Val::Verdict(Verdict::Goto(chain))), comment: None }).collect();
+            self.sets.push(Set { name: "fwd_pair".into(), key: vec![KeyType::Ifname, KeyType::Ifname], data: Some(SetData::Verdict), interval: false, counter: false, comment: "forward: (ingress, egress) device -> contexts".into(), elements });
+            classify.push("iifname . oifname vmap @fwd_pair".into());
+        }
         if let Some(m) = self.dispatch_map("fwd_iif", "forward: ingress device -> context", src_targets) {
             classify.push(format!("iifname vmap @{m}"));
         }
@@ -387,7 +408,7 @@ impl Builder<'_> {
             if let Some(lo) = lo {
                 v.push(format!("{lo} \"lo\" accept"));
             }
-            v.push("ct state vmap { established : accept, related : accept }".into());
+            v.push("ct state established,related accept".into());
             v.push("meta l4proto icmp icmp type @essential_icmp accept".into());
             v.push("meta l4proto ipv6-icmp icmpv6 type @essential_icmpv6 accept".into());
             v.push("ct state invalid drop".into());
