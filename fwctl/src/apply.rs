@@ -42,6 +42,12 @@ pub struct Previous {
 pub struct Plan {
     pub flows: FlowDiff,
     pub first: bool,
+    /// First generation: the rules that take effect, `allow|deny NAME (file:line)`.
+    pub first_rules: Vec<String>,
+    /// First generation of a policy too large to list every flow it allows.
+    pub flows_not_listed: bool,
+    /// First generation: what the created table holds.
+    pub created: Option<crate::compile::ir::Stats>,
     pub ruleset: RulesetChange,
     pub nat: Vec<String>,
     /// The live table differs from what the current generation loaded.
@@ -55,6 +61,14 @@ impl Plan {
         !self.flows.changes.is_empty() || !self.ruleset.sets.is_empty() || !self.ruleset.chains_changed.is_empty() || !self.ruleset.sets_added.is_empty() || !self.ruleset.sets_removed.is_empty() || !self.nat.is_empty() || self.first || self.drift.is_some()
     }
     pub fn summary(&self) -> String {
+        if let (true, Some(st)) = (self.first, &self.created) {
+            let flows = if self.flows_not_listed {
+                "flows not listed".to_string()
+            } else {
+                format!("{} flow(s) allowed", self.flows.changes.iter().filter(|c| c.now_allowed).count())
+            };
+            return format!("first generation: {} rule(s) take effect, {flows}; table created with {} set(s), {} element(s), {} kernel rule(s); {} NAT change(s)", self.first_rules.len(), st.sets, st.elements, st.kernel_rules, self.nat.len());
+        }
         let allowed = self.flows.changes.iter().filter(|c| c.now_allowed).count();
         let denied = self.flows.changes.len() - allowed;
         let (add, rem): (usize, usize) = (self.ruleset.sets.iter().map(|s| s.added.len()).sum(), self.ruleset.sets.iter().map(|s| s.removed.len()).sum());
@@ -63,6 +77,8 @@ impl Plan {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "first_generation": self.first,
+            "first_generation_rules": self.first_rules,
+            "flows_not_listed": self.flows_not_listed,
             "flows": self.flows.changes,
             "flows_truncated": self.flows.truncated,
             "rules_changed": self.flows.rules_changed,
@@ -77,6 +93,10 @@ impl Plan {
         let mut s = String::new();
         if self.first {
             s.push_str("first generation: fwctl's table will be created (flows compared with a policy that allows nothing)\n");
+            s.push_str("rules taking effect:\n");
+            for r in &self.first_rules {
+                s.push_str(&format!("  + {r}\n"));
+            }
         }
         if let Some(d) = &self.drift {
             s.push_str(&format!("warning: the live table differs from the applied generation (changed outside fwctl):\n{d}\n"));
@@ -85,7 +105,9 @@ impl Plan {
             s.push_str(&format!("warning: {f}\n"));
         }
         s.push_str("flows:\n");
-        if self.flows.changes.is_empty() {
+        if self.flows_not_listed {
+            s.push_str(&format!("  (not listed: more than {FIRST_FLOWS_LIMIT} rules; every flow the rules above allow becomes allowed — `fwctl explain` answers for one flow)\n"));
+        } else if self.flows.changes.is_empty() {
             s.push_str("  (no change)\n");
         }
         for c in &self.flows.changes {
@@ -208,9 +230,14 @@ fn empty_like(p: &Policy) -> Policy {
     e
 }
 
+/// Above this many rules a first generation's plan lists its rules, not every
+/// flow they allow (the flows would be compared with nothing: all of them).
+pub const FIRST_FLOWS_LIMIT: usize = 500;
+
 /// Compute the plan: flows, ruleset, NAT, drift, foreign hooks.
 pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, state: &State) -> Plan {
     let pn = d.loaded.policy.as_ref().expect("desired has a policy");
+    let mut flows_not_listed = false;
     let (flows, first, ruleset, nat) = match prev {
         Some(pv) => {
             let po = pv.loaded.policy.as_ref().expect("previous has a policy");
@@ -224,9 +251,14 @@ pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, state: &S
             (f, false, delta::compare(&pv.ruleset, &d.compiled.ruleset), nat)
         }
         None => {
-            let empty = empty_like(pn);
-            let ce = crate::compile::compile(&empty, Capabilities { flowtable: false }).expect("an empty policy compiles");
-            let f = flows::diff(&flows::Side { policy: &empty, decision: &ce.decision, sm: &d.loaded.sm }, &flows::Side { policy: pn, decision: &d.compiled.decision, sm: &d.loaded.sm });
+            let f = if pn.rules.len() > FIRST_FLOWS_LIMIT {
+                flows_not_listed = true;
+                FlowDiff { changes: vec![], truncated: false, rules_changed: pn.rules.iter().map(|r| r.name.clone()).collect() }
+            } else {
+                let empty = empty_like(pn);
+                let ce = crate::compile::compile(&empty, Capabilities { flowtable: false }).expect("an empty policy compiles");
+                flows::diff(&flows::Side { policy: &empty, decision: &ce.decision, sm: &d.loaded.sm }, &flows::Side { policy: pn, decision: &d.compiled.decision, sm: &d.loaded.sm })
+            };
             let empty_rs = Ruleset { table: crate::compile::ir::TABLE.into(), sets: vec![], chains: vec![], flowtable: None, notes: vec![], stats: Default::default() };
             (f, true, delta::compare(&empty_rs, &d.compiled.ruleset), nat_lines(pn).into_iter().map(|x| format!("+ {x}")).collect())
         }
@@ -253,7 +285,17 @@ pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, state: &S
         .filter(|(_, _, _, hook, _)| ["input", "forward", "output", "prerouting", "postrouting"].contains(&hook.as_str()))
         .map(|(fam, table, chain, hook, prio)| format!("table {fam} {table} chain {chain} also hooks {hook} (priority {prio}): its verdicts apply in addition to fwctl's"))
         .collect();
-    Plan { flows, first, ruleset, nat, drift, foreign }
+    let first_rules = if first {
+        pn.rules
+            .iter()
+            .filter(|r| r.active())
+            .map(|r| format!("{} {} ({})", if r.action == crate::model::Action::Allow { "allow" } else { "deny" }, r.name, d.loaded.sm.locate_line(r.span)))
+            .collect()
+    } else {
+        vec![]
+    };
+    let created = first.then(|| d.compiled.ruleset.stats.clone());
+    Plan { flows, first, first_rules, flows_not_listed, created, ruleset, nat, drift, foreign }
 }
 
 /// Why an apply must not happen (unless forced, for lockouts).

@@ -16,7 +16,7 @@ use crate::diag::SourceMap;
 use crate::eval::{Hook, Packet, Verdict};
 use crate::model::addr::{AddrSet, Ranges};
 use crate::model::{Named, Policy, Proto, Rule};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 /// One side of the comparison.
@@ -278,17 +278,48 @@ fn port_pieces(ranges: &[(u16, u16)], cuts: &BTreeSet<u16>) -> Vec<(u16, u16)> {
     out
 }
 
-/// Describe an address range: a host's name when it is exactly one host.
-fn describe(p: &Policy, lo: IpAddr, hi: IpAddr, zone: &str) -> String {
-    if lo == hi {
+/// Which host (or VPN peer) an address belongs to: the first by name, as a scan
+/// of `Policy::names` would find it, without scanning.
+struct HostIndex<'a> {
+    exact: HashMap<IpAddr, &'a str>,
+    /// Hosts given by a range or network, in name order.
+    ranged: Vec<(&'a str, &'a AddrSet)>,
+}
+
+impl<'a> HostIndex<'a> {
+    fn new(p: &'a Policy) -> Self {
+        let (mut exact, mut ranged) = (HashMap::new(), vec![]);
         for (name, (n, _)) in &p.names {
-            if let Named::Host(a) | Named::Peer(a, _) = n {
-                if a.contains(lo) {
-                    return format!("{name} ({lo})");
-                }
+            let (Named::Host(a) | Named::Peer(a, _)) = n else { continue };
+            let singles = a.v4.ranges().iter().all(|(l, h)| l == h) && a.v6.ranges().iter().all(|(l, h)| l == h);
+            if !singles {
+                ranged.push((name.as_str(), a));
+                continue;
+            }
+            let addrs = a.v4.ranges().iter().map(|&(l, _)| IpAddr::from(std::net::Ipv4Addr::from(l))).chain(a.v6.ranges().iter().map(|&(l, _)| IpAddr::from(std::net::Ipv6Addr::from(l))));
+            for x in addrs {
+                exact.entry(x).or_insert(name.as_str());
             }
         }
-        return format!("{zone} {lo}");
+        HostIndex { exact, ranged }
+    }
+    fn name_of(&self, a: IpAddr) -> Option<&'a str> {
+        let e = self.exact.get(&a).copied();
+        let r = self.ranged.iter().find(|(_, s)| s.contains(a)).map(|(n, _)| *n);
+        match (e, r) {
+            (Some(e), Some(r)) => Some(e.min(r)),
+            (e, r) => e.or(r),
+        }
+    }
+}
+
+/// Describe an address range: a host's name when it is exactly one host.
+fn describe(hosts: &HostIndex, lo: IpAddr, hi: IpAddr, zone: &str) -> String {
+    if lo == hi {
+        return match hosts.name_of(lo) {
+            Some(name) => format!("{name} ({lo})"),
+            None => format!("{zone} {lo}"),
+        };
     }
     let full = match (lo, hi) {
         (IpAddr::V4(l), IpAddr::V4(h)) => u32::from(l) == 0 && u32::from(h) == u32::MAX,
@@ -494,18 +525,19 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
         let r = c.src_range;
         grouped.push((c, vec![r]));
     }
+    let hosts = HostIndex::new(pn);
     let mut out = vec![];
     for (mut c, ranges) in grouped {
         c.src = if c.from_zone == "self" || covers(&c.from_zone, &ranges) {
             c.from_zone.clone()
         } else {
-            let mut parts: Vec<String> = ranges.iter().take(4).map(|r| describe(pn, r.0, r.1, &c.from_zone)).collect();
+            let mut parts: Vec<String> = ranges.iter().take(4).map(|r| describe(&hosts, r.0, r.1, &c.from_zone)).collect();
             if ranges.len() > 4 {
                 parts.push(format!("+{} more ranges", ranges.len() - 4));
             }
             parts.join(", ")
         };
-        c.dst = if c.to_zone == "self" || covers(&c.to_zone, &[c.dst_range]) { c.to_zone.clone() } else { describe(pn, c.dst_range.0, c.dst_range.1, &c.to_zone) };
+        c.dst = if c.to_zone == "self" || covers(&c.to_zone, &[c.dst_range]) { c.to_zone.clone() } else { describe(&hosts, c.dst_range.0, c.dst_range.1, &c.to_zone) };
         out.push(c);
     }
     out.sort_by(|a, b| (b.now_allowed, &a.from_zone, &a.dst, a.proto, a.ports, &a.src).cmp(&(a.now_allowed, &b.from_zone, &b.dst, b.proto, b.ports, &b.src)));
