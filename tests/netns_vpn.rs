@@ -31,8 +31,9 @@
 //! handshake, counters counting, same tunnel process), and that a rollback
 //! brings her back. `failed_tunnel_sync_and_confirm_expiry_restore_the_
 //! previous_peers` checks that an apply whose tunnels cannot follow is undone
-//! (ruleset and peers), that an expired confirm window restores the peers, and
-//! an in-place rotation of the appliance's key.
+//! (ruleset and peers), that an expired confirm window restores the peers, an
+//! in-place rotation of the appliance's key, and that a tunnel removed from the
+//! policy is stopped.
 
 use fwctl::sys::netns::{privileged_or_skip, spawn_in, unique_prefix, Lab};
 use serde_json::Value;
@@ -1000,6 +1001,19 @@ allow = ["ssh"]
     assert!(in_tunnel(&mut f, &wa, k1), "the peers stay");
     assert_eq!(uapi_pid(&wa), pid, "the tunnel process was restarted");
     assert_eq!(f.run(&["plan", &p, "--state-dir", &st]).code, Some(0), "nothing left after the rotation");
+
+    // A tunnel that leaves the policy is stopped by apply.
+    let rotated = std::fs::read_to_string(&policy).unwrap();
+    let (from, to) = (rotated.find(&format!("[vpn.{wb}]")).unwrap(), rotated.find("[[rules]]").unwrap());
+    std::fs::write(&policy, format!("{}{}", &rotated[..from], &rotated[to..])).unwrap();
+    let o = f.run(&["plan", &p, "--state-dir", &st]);
+    assert_eq!(o.code, Some(2), "{o}");
+    assert_eq!(plan_section(&o.stdout, "tunnels"), vec![format!("{wb}: stop (userspace (boringtun)): no longer in the policy")], "{o}");
+    let o = f.ok(&["apply", &p, "--yes", "--state-dir", &st]);
+    assert!(o.stdout.contains(&format!("tunnel {wb}: stopped")), "{o}");
+    assert!(std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{wb}.sock")).is_err(), "{wb} still runs");
+    assert_eq!(uapi_pid(&wa), pid, "the other tunnel was restarted");
+    assert_eq!(f.run(&["plan", &p, "--state-dir", &st]).code, Some(0), "nothing left after the stop");
 
     f.ok(&["vpn", "down", &p]);
     let mut secrets = key_forms(&psk);
