@@ -30,10 +30,11 @@
 //! the policy and applying cuts her off while bob's session goes on (same
 //! handshake, counters counting, same tunnel process), and that a rollback
 //! brings her back. `failed_tunnel_sync_and_confirm_expiry_restore_the_
-//! previous_peers` checks that an apply whose tunnels cannot follow is undone
-//! (ruleset and peers), that an expired confirm window restores the peers, an
-//! in-place rotation of the appliance's key, and that a tunnel removed from the
-//! policy is stopped.
+//! previous_peers` checks that apply refuses a tunnel change it cannot plan,
+//! that an apply whose tunnels fail during the sync is undone (ruleset and
+//! peers), that an expired confirm window restores the peers, an in-place
+//! rotation of the appliance's key, and that a tunnel removed from the policy
+//! is stopped.
 
 use fwctl::sys::netns::{privileged_or_skip, spawn_in, unique_prefix, Lab};
 use serde_json::Value;
@@ -862,10 +863,13 @@ fn apply_brings_tunnels_up_enforces_their_zone_and_revokes_a_peer() {
     assert!(took < Duration::from_secs(60), "took {took:?}");
 }
 
-/// Apply is all or nothing: when a tunnel cannot follow the new policy after
-/// its ruleset was loaded, the previous ruleset and the previous peers come
-/// back (also on tunnels the failed apply had already changed). And a confirm
-/// window that expires brings the previous peers back too.
+/// Apply is all or nothing: a tunnel that cannot even be planned (a key file
+/// others can read) makes it refuse before anything changes; a tunnel that
+/// fails during the sync (its listen port taken) after the ruleset was loaded
+/// makes it undo itself — the previous ruleset and the previous peers come
+/// back, also on tunnels it had already changed, and the new tunnel stops. A
+/// confirm window that expires brings the previous peers back too; then an
+/// in-place key rotation, and a tunnel removed from the policy is stopped.
 #[test]
 fn failed_tunnel_sync_and_confirm_expiry_restore_the_previous_peers() {
     if !privileged_or_skip() {
@@ -880,6 +884,12 @@ fn failed_tunnel_sync_and_confirm_expiry_restore_the_previous_peers() {
     let cleanup = Cleanup { ifaces: vec![wa.clone(), wb.clone()], children: vec![], dir: dir.clone() };
     let fw = lab.add_ns("fw").unwrap();
     let psk = dir.join("keys/b1.psk");
+    // The same policy text in another file (the snapshot paths differ, the content not).
+    let policy_of = |dir: &Path, text: &str| -> String {
+        let p = dir.join("again.toml");
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
     fwctl::vpn::keys::create_key_file(&psk, &fwctl::vpn::keys::PresharedKey::generate().unwrap().expose_base64()).unwrap();
     let (k1, k2) = ("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
     let text = format!(
@@ -931,9 +941,9 @@ allow = ["ssh"]
     assert!(in_tunnel(&mut f, &wa, k1) && in_tunnel(&mut f, &wb, k2));
 
     // The new policy removes a1 from the first tunnel, adds a rule, and rotates
-    // b1's preshared key — into a file others can read (0644), which the
-    // tunnel sync refuses, after the ruleset is loaded and the first tunnel
-    // changed.
+    // b1's preshared key — into a file others can read (0644). The plan shows
+    // that the tunnel cannot be changed, and apply refuses before anything
+    // changes.
     let psk2 = dir.join("keys/b1-2027.psk");
     fwctl::vpn::keys::create_key_file(&psk2, &fwctl::vpn::keys::PresharedKey::generate().unwrap().expose_base64()).unwrap();
     std::fs::set_permissions(&psk2, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -945,22 +955,49 @@ allow = ["ssh"]
     assert_eq!(o.code, Some(2), "{o}");
     assert!(o.stdout.contains(&format!("{wb}: cannot plan: ")) && o.stdout.contains("chmod 600"), "the plan shows what will fail:\n{o}");
     let o = f.run(&["apply", &p, "--yes", "--state-dir", &st]);
+    assert_eq!(o.code, Some(1), "{o}");
+    assert!(o.stderr.contains(&format!("refused: tunnel {wb}: ")) && o.stderr.contains("--no-tunnels"), "{o}");
+    assert_eq!(listing(&f), l1, "a refused apply changed the ruleset");
+    assert!(in_tunnel(&mut f, &wa, k1), "a refused apply changed a tunnel");
+    let last = |f: &mut Fwctl| -> Value {
+        let log: Value = serde_json::from_str(&f.ok(&["audit", "log", "--json", "--state-dir", &st]).stdout).unwrap();
+        log.as_array().unwrap().last().unwrap().clone()
+    };
+    assert_eq!(last(&mut f)["event"], "apply-refused");
+
+    // Fixed — and a third tunnel added whose listen port another program holds:
+    // no plan can see that, the sync fails after the ruleset is loaded and the
+    // first two tunnels are changed. The whole apply is undone: generation 1's
+    // ruleset, a1 back, b1 back on its old preshared key, the new tunnel stopped.
+    std::fs::set_permissions(&psk2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let wc = format!("wx{sfx}");
+    let held = fwctl::sys::netns::join(spawn_in(&fw, || std::net::UdpSocket::bind("0.0.0.0:51832")).unwrap()).expect("hold udp 51832");
+    let third = format!("{edited}[vpn.{wc}]\nzone = \"admins\"\nlisten_port = 51832\naddresses = [\"10.212.0.1/24\"]\nprivate_key_file = \"{}/keys/c.key\"\n", dir.display());
+    std::fs::write(&policy, &third).unwrap();
+    let mut cleanup = cleanup;
+    cleanup.ifaces.push(wc.clone());
+    let o = f.run(&["plan", &p, "--state-dir", &st]);
+    assert!(o.code == Some(2) && o.stdout.contains(&format!("{wc}: start (userspace)")) && !o.stdout.contains("cannot plan"), "{o}");
+    let o = f.run(&["apply", &p, "--yes", "--state-dir", &st]);
     assert_eq!(o.code, Some(3), "{o}");
-    assert!(o.stderr.contains("the tunnels could not be brought to the new policy") && o.stderr.contains("the ruleset was rolled back: generation 1's ruleset is in place again"), "{o}");
+    assert!(o.stderr.contains("error: the tunnels could not be brought to the new policy: ") && o.stderr.contains(&format!("{wc}: ")), "{o}");
+    assert!(o.stderr.contains("the ruleset was rolled back: generation 1's ruleset is in place again"), "{o}");
     assert!(o.stderr.contains("the tunnels were synced back to generation 1's peers"), "{o}");
     assert_eq!(listing(&f), l1, "the previous ruleset is back");
     assert!(in_tunnel(&mut f, &wa, k1), "a1 is back in the first tunnel");
-    let log: Value = serde_json::from_str(&f.ok(&["audit", "log", "--json", "--state-dir", &st]).stdout).unwrap();
-    let last = log.as_array().unwrap().last().unwrap().clone();
-    assert_eq!((&last["event"], &last["result"]), (&"apply-failed".into(), &"failed".into()), "{last:#}");
-    assert!(last["message"].as_str().unwrap().contains("ruleset rolled back to generation 1's ruleset; tunnels synced back"), "{last:#}");
-    assert_eq!(last["summary"]["tunnels"][0]["changes"][0], format!("remove peer {wa}.a1 ({k1})"), "what was done before the failure: {last:#}");
+    assert!(std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{wc}.sock")).is_err(), "the new tunnel still runs");
+    drop(held);
+    let r = last(&mut f);
+    assert_eq!((&r["event"], &r["result"]), (&"apply-failed".into(), &"failed".into()), "{r:#}");
+    assert!(r["message"].as_str().unwrap().contains("ruleset rolled back to generation 1's ruleset; tunnels synced back"), "{r:#}");
+    assert_eq!(r["summary"]["tunnels"][0]["changes"][0], format!("remove peer {wa}.a1 ({k1})"), "what was done before the failure: {r:#}");
     let h: Value = serde_json::from_str(&f.ok(&["history", "--json", "--state-dir", &st]).stdout).unwrap();
     assert_eq!(h.as_array().unwrap().len(), 1, "no generation for the failed apply: {h:#}");
+    assert_eq!(f.run(&["plan", &policy_of(&dir, &text), "--state-dir", &st]).code, Some(0), "the tunnels hold generation 1 again");
+    std::fs::write(&policy, &edited).unwrap();
 
-    // Fixed, applied with a confirm window that is left to expire: the
-    // watchdog restores generation 1's ruleset and peers.
-    std::fs::set_permissions(&psk2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Applied with a confirm window that is left to expire: the watchdog
+    // restores generation 1's ruleset and peers.
     let t0 = Instant::now();
     let o = f.ok(&["apply", &p, "--yes", "--confirm", "2", "--state-dir", &st]);
     assert!(o.stdout.contains(&format!("remove peer {wa}.a1")) && o.stdout.contains(&format!("re-add peer {wb}.b1 ({k2}) (changed: preshared key)")), "{o}");

@@ -2,10 +2,12 @@
 //! refuse or apply in one kernel transaction, then sync the policy's tunnels in
 //! place, with an optional commit-confirm window.
 //!
-//! All or nothing where possible: when the tunnels cannot be brought to the new
-//! policy after its ruleset is loaded, the previous generation's ruleset is put
-//! back and the tunnels are synced back to its peers; the failure is reported
-//! and audited (`apply-failed`, exit 3) and no generation is added.
+//! All or nothing where possible: a tunnel whose change cannot be planned makes
+//! apply refuse before anything changes; when the tunnels still cannot be
+//! brought to the new policy after its ruleset is loaded (e.g. a listen port
+//! taken meanwhile), the previous generation's ruleset is put back and the
+//! tunnels are synced back to its peers; the failure is reported and audited
+//! (`apply-failed`, exit 3) and no generation is added.
 use super::state_args::{audit, now, StateArgs, TunnelArgs};
 use super::{OutputArgs, PolicyArgs, EXIT_FAIL, EXIT_OK, EXIT_SYSTEM};
 use crate::apply;
@@ -105,6 +107,15 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     let plan = apply::plan(&d, prev.as_ref(), &kernel, tunnels.as_ref(), &state);
     if !a.out.json {
         print!("{}", plan.text());
+    }
+    // A tunnel whose change cannot even be planned (a key file others can read,
+    // an endpoint that does not resolve, its interface taken) would fail the
+    // sync: refuse before anything changes.
+    let unplannable: Vec<String> = plan.tunnels.iter().filter(|t| t.action == crate::vpn::plan::Action::Error).map(|t| format!("tunnel {}: {}", t.iface, t.error.as_deref().unwrap_or("cannot be planned"))).collect();
+    if !unplannable.is_empty() {
+        let mut msgs = unplannable;
+        msgs.push("fix the tunnel, or apply the ruleset alone with --no-tunnels".into());
+        return refuse(&state, &appliance, &path_text, &a.reason, &msgs);
     }
     if !plan.has_changes() {
         if a.out.json {
