@@ -1,11 +1,15 @@
-//! Safe apply: plan → refuse or confirm → one kernel transaction → generation and
-//! audit record; commit-confirm with a watchdog that rolls back unless confirmed.
+//! Safe apply: plan → refuse or confirm → one kernel transaction → the tunnels
+//! synced in place → generation and audit record; commit-confirm with a watchdog
+//! that rolls back unless confirmed.
 //!
-//! Input: a policy path, the state directory, a [`Kernel`] and the time.
+//! Input: a policy path, the state directory, a [`Kernel`], the [`Tunnels`] and
+//! the time.
 //! Output: generations, audit records, kernel changes — each step over the small
-//! traits in `sys`, so the sequence is testable.
-//! Must not: leave the kernel half-changed (every change is one `nft -f`), report
-//! success before the audit record is on disk, or print key material.
+//! traits in `sys` (and [`Tunnels`]), so the sequence is testable.
+//! Must not: leave the kernel half-changed (every ruleset change is one `nft -f`;
+//! when the tunnels cannot follow a new ruleset, the previous generation's
+//! ruleset and peers are put back), report success before the audit record is
+//! on disk, or print key material.
 
 use crate::audit::{self, Record};
 use crate::check::Loaded;
@@ -17,7 +21,40 @@ use crate::plan::delta::{self, RulesetChange};
 use crate::plan::flows::{self, FlowDiff};
 use crate::state::{Meta, Pending, State, StateError};
 use crate::sys::nft::Kernel;
+use crate::vpn::ops::{TunnelDone, TunnelSync};
+use crate::vpn::plan::TunnelPlan;
 use std::path::{Path, PathBuf};
+
+/// The WireGuard side of apply: plan (read-only) and sync the policy's tunnels.
+/// [`crate::vpn::ops::SystemTunnels`] is the real one; [`NoTunnels`] leaves
+/// tunnels alone (`--no-tunnels`, and `fwctl lab`, whose tunnel interfaces are
+/// plain veth links).
+pub trait Tunnels {
+    /// Whether tunnels are managed at all.
+    fn managed(&self) -> bool {
+        true
+    }
+    /// What a sync to `new` would change; `old` is the applied policy (its VPNs
+    /// that `new` dropped are stopped, its peer names name removed peers).
+    fn plan(&self, new: &Policy, old: Option<&Policy>) -> Vec<TunnelPlan>;
+    /// Bring every tunnel to `new`'s peers, in place.
+    fn sync(&self, new: &Policy, old: Option<&Policy>) -> TunnelSync;
+}
+
+/// Tunnels are not fwctl's business here.
+pub struct NoTunnels;
+
+impl Tunnels for NoTunnels {
+    fn managed(&self) -> bool {
+        false
+    }
+    fn plan(&self, _: &Policy, _: Option<&Policy>) -> Vec<TunnelPlan> {
+        vec![]
+    }
+    fn sync(&self, _: &Policy, _: Option<&Policy>) -> TunnelSync {
+        TunnelSync::default()
+    }
+}
 
 /// The policy as it would be applied.
 pub struct Desired {
@@ -54,11 +91,18 @@ pub struct Plan {
     pub drift: Option<String>,
     /// Other tables hooked where they can change fwctl's verdicts.
     pub foreign: Vec<String>,
+    /// Tunnels that change (only those), and whether tunnels are managed.
+    pub tunnels: Vec<TunnelPlan>,
+    pub tunnels_managed: bool,
 }
 
 impl Plan {
     pub fn has_changes(&self) -> bool {
-        !self.flows.changes.is_empty() || !self.ruleset.sets.is_empty() || !self.ruleset.chains_changed.is_empty() || !self.ruleset.sets_added.is_empty() || !self.ruleset.sets_removed.is_empty() || !self.nat.is_empty() || self.first || self.drift.is_some()
+        !self.flows.changes.is_empty() || !self.ruleset.sets.is_empty() || !self.ruleset.chains_changed.is_empty() || !self.ruleset.sets_added.is_empty() || !self.ruleset.sets_removed.is_empty() || !self.nat.is_empty() || self.first || self.drift.is_some() || !self.tunnels.is_empty()
+    }
+    /// Whether the nftables ruleset itself changes (else a tunnel-only change).
+    pub fn ruleset_changes(&self) -> bool {
+        !self.ruleset.sets.is_empty() || !self.ruleset.chains_changed.is_empty() || !self.ruleset.sets_added.is_empty() || !self.ruleset.sets_removed.is_empty() || self.first || self.drift.is_some()
     }
     pub fn summary(&self) -> String {
         if let (true, Some(st)) = (self.first, &self.created) {
@@ -67,12 +111,27 @@ impl Plan {
             } else {
                 format!("{} flow(s) allowed", self.flows.changes.iter().filter(|c| c.now_allowed).count())
             };
-            return format!("first generation: {} rule(s) take effect, {flows}; table created with {} set(s), {} element(s), {} kernel rule(s); {} NAT change(s)", self.first_rules.len(), st.sets, st.elements, st.kernel_rules, self.nat.len());
+            let peers: usize = self.tunnels.iter().map(|t| t.peers.len()).sum();
+            return format!(
+                "first generation: {} rule(s) take effect, {flows}; table created with {} set(s), {} element(s), {} kernel rule(s); {} NAT change(s); {} tunnel(s) to change ({peers} peer change(s))",
+                self.first_rules.len(),
+                st.sets,
+                st.elements,
+                st.kernel_rules,
+                self.nat.len(),
+                self.tunnels.len()
+            );
         }
         let allowed = self.flows.changes.iter().filter(|c| c.now_allowed).count();
         let denied = self.flows.changes.len() - allowed;
         let (add, rem): (usize, usize) = (self.ruleset.sets.iter().map(|s| s.added.len()).sum(), self.ruleset.sets.iter().map(|s| s.removed.len()).sum());
-        format!("{allowed} flow(s) newly allowed, {denied} newly refused; {add} set element(s) added, {rem} removed; {} chain(s) changed; {} NAT change(s)", self.ruleset.chains_changed.len(), self.nat.len())
+        let peers: usize = self.tunnels.iter().map(|t| t.peers.len()).sum();
+        format!(
+            "{allowed} flow(s) newly allowed, {denied} newly refused; {add} set element(s) added, {rem} removed; {} chain(s) changed; {} NAT change(s); {} tunnel(s) to change ({peers} peer change(s))",
+            self.ruleset.chains_changed.len(),
+            self.nat.len(),
+            self.tunnels.len()
+        )
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -86,6 +145,8 @@ impl Plan {
             "nat": self.nat,
             "drift": self.drift,
             "foreign_hooks": self.foreign,
+            "tunnels": self.tunnels,
+            "tunnels_managed": self.tunnels_managed,
             "summary": self.summary(),
         })
     }
@@ -148,6 +209,12 @@ impl Plan {
         }
         for n in &r.chains_changed {
             s.push_str(&format!("  ~ chain {n}\n"));
+        }
+        s.push_str("tunnels:\n");
+        if self.tunnels_managed {
+            s.push_str(&crate::vpn::plan::text(&self.tunnels));
+        } else {
+            s.push_str("  (not managed: --no-tunnels)\n");
         }
         s.push_str(&format!("{}\n", self.summary()));
         s
@@ -234,8 +301,8 @@ fn empty_like(p: &Policy) -> Policy {
 /// flow they allow (the flows would be compared with nothing: all of them).
 pub const FIRST_FLOWS_LIMIT: usize = 500;
 
-/// Compute the plan: flows, ruleset, NAT, drift, foreign hooks.
-pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, state: &State) -> Plan {
+/// Compute the plan: flows, ruleset, NAT, drift, foreign hooks, tunnels.
+pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, tunnels: &dyn Tunnels, state: &State) -> Plan {
     let pn = d.loaded.policy.as_ref().expect("desired has a policy");
     let mut flows_not_listed = false;
     let (flows, first, ruleset, nat) = match prev {
@@ -295,7 +362,9 @@ pub fn plan(d: &Desired, prev: Option<&Previous>, kernel: &dyn Kernel, state: &S
         vec![]
     };
     let created = first.then(|| d.compiled.ruleset.stats.clone());
-    Plan { flows, first, first_rules, flows_not_listed, created, ruleset, nat, drift, foreign }
+    let old = prev.and_then(|pv| pv.loaded.policy.as_ref());
+    let tunnel_plans = tunnels.plan(pn, old);
+    Plan { flows, first, first_rules, flows_not_listed, created, ruleset, nat, drift, foreign, tunnels: tunnel_plans, tunnels_managed: tunnels.managed() }
 }
 
 /// Why an apply must not happen (unless forced, for lockouts).
@@ -390,6 +459,50 @@ pub fn load_generation(state: &State, kernel: &dyn Kernel, n: Option<u64>) -> Re
         None => format!("table inet {t}\ndelete table inet {t}\n", t = crate::compile::ir::TABLE),
     };
     kernel.load(&script).map_err(|e| e.to_string())
+}
+
+/// The policy of generation `n`, from its snapshot.
+pub fn generation_policy(state: &State, n: u64) -> Result<Policy, String> {
+    let loaded = crate::check::load(&state.gen_dir(n).join("policy"), crate::sys::clock::today());
+    match loaded.policy {
+        Some(p) if !loaded.has_errors() => Ok(p),
+        _ => Err(format!("generation {n}: its policy snapshot no longer loads")),
+    }
+}
+
+/// Bring the tunnels to generation `target`'s peers (rollback, restore, the
+/// watchdog), in place; `replacing` is the generation in force until now (its
+/// VPNs that `target` lacks are stopped). `target` None (the state before
+/// fwctl): tunnels are left as they are. A generation applied with
+/// `--no-tunnels` leaves them alone too.
+pub fn tunnels_to_generation(state: &State, tunnels: &dyn Tunnels, target: Option<u64>, replacing: Option<u64>) -> TunnelSync {
+    let Some(t) = target else { return TunnelSync::default() };
+    if state.meta(t).is_ok_and(|m| m.tunnels_skipped) || !tunnels.managed() {
+        return TunnelSync::default();
+    }
+    let new = match generation_policy(state, t) {
+        Ok(p) => p,
+        Err(e) => return TunnelSync { done: vec![], error: Some(e) },
+    };
+    let old = replacing.filter(|r| *r != t && state.meta(*r).is_ok_and(|m| !m.tunnels_skipped)).and_then(|r| generation_policy(state, r).ok());
+    tunnels.sync(&new, old.as_ref())
+}
+
+/// The audit summary of tunnel work: what changed (public keys and names only).
+pub fn tunnels_json(done: &[TunnelDone]) -> serde_json::Value {
+    serde_json::json!(done.iter().filter(|t| t.action != "unchanged").collect::<Vec<_>>())
+}
+
+/// One line per tunnel that changed, for the terminal.
+pub fn tunnels_text(done: &[TunnelDone]) -> String {
+    let mut s = String::new();
+    for t in done.iter().filter(|t| t.action != "unchanged") {
+        s.push_str(&format!("tunnel {}: {}{}\n", t.iface, t.action, if t.backend.is_empty() { String::new() } else { format!(" ({})", t.backend) }));
+        for c in &t.changes {
+            s.push_str(&format!("  {c}\n"));
+        }
+    }
+    s
 }
 
 /// Above this many set elements the live table is not listed back (nft 1.0.6 takes

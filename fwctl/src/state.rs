@@ -2,7 +2,8 @@
 //!
 //! Layout (`/var/lib/fwctl` by default, mode 0700):
 //! `generations/NNNNNN/{meta.json, policy/…, ruleset.nft, ruleset.json, alloc.json,
-//! plan.txt, plan.json, kernel.txt}`, `current`, `confirmed`, `pending.json`,
+//! plan.txt, plan.json, kernel.txt}` (the policy snapshot also gives the tunnels'
+//! peers: rollback and restore sync the tunnels from it), `current`, `confirmed`, `pending.json`,
 //! `lock`, `audit.jsonl`, `audit.head`.
 //! Must not: decide anything (apply.rs does); every write is atomic (tmp + rename).
 
@@ -34,6 +35,9 @@ pub struct Meta {
     /// One line: "+3 allowed, -1 denied flows; +12 -4 elements".
     pub summary: String,
     pub appliance: String,
+    /// Applied with `--no-tunnels`: rollback and restore leave tunnels alone too.
+    #[serde(default)]
+    pub tunnels_skipped: bool,
 }
 
 /// An open commit-confirm window.

@@ -1,7 +1,9 @@
 //! Golden files for what a person reads besides diagnostics: the compiled ruleset
 //! of the reference policy, `explain` answers, `check --json`.
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test --test golden_outputs`, then review
-//! the diff before committing.
+//! the diff before committing. The tunnel section of `fwctl plan`
+//! (`outputs/plan-tunnels.{txt,json}`) is checked by a unit test of `vpn::plan`,
+//! which needs no running tunnel: `UPDATE_GOLDEN=1 cargo test --lib vpn::plan`.
 
 use std::path::Path;
 use std::process::Command;

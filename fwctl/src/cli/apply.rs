@@ -1,6 +1,14 @@
 //! `fwctl apply [PATH] [--yes] [--confirm SECONDS] [--reason TEXT] [--force]`:
-//! refuse or apply in one kernel transaction, with an optional commit-confirm window.
-use super::state_args::{audit, now, StateArgs};
+//! refuse or apply in one kernel transaction, then sync the policy's tunnels in
+//! place, with an optional commit-confirm window.
+//!
+//! All or nothing where possible: a tunnel whose change cannot be planned makes
+//! apply refuse before anything changes; when the tunnels still cannot be
+//! brought to the new policy after its ruleset is loaded (e.g. a listen port
+//! taken meanwhile), the previous generation's ruleset is put back and the
+//! tunnels are synced back to its peers; the failure is reported and audited
+//! (`apply-failed`, exit 3) and no generation is added.
+use super::state_args::{audit, now, StateArgs, TunnelArgs};
 use super::{OutputArgs, PolicyArgs, EXIT_FAIL, EXIT_OK, EXIT_SYSTEM};
 use crate::apply;
 use crate::state::{Meta, Pending};
@@ -20,6 +28,8 @@ pub struct ApplyArgs {
     pub state: StateArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub tunnels: TunnelArgs,
     /// Do not ask; required when stdin is not a terminal
     #[arg(long)]
     pub yes: bool,
@@ -93,9 +103,19 @@ pub fn exec(a: &ApplyArgs) -> u8 {
         }
         event = "apply-forced";
     }
-    let plan = apply::plan(&d, prev.as_ref(), &kernel, &state);
+    let tunnels = a.tunnels.tunnels();
+    let plan = apply::plan(&d, prev.as_ref(), &kernel, tunnels.as_ref(), &state);
     if !a.out.json {
         print!("{}", plan.text());
+    }
+    // A tunnel whose change cannot even be planned (a key file others can read,
+    // an endpoint that does not resolve, its interface taken) would fail the
+    // sync: refuse before anything changes.
+    let unplannable: Vec<String> = plan.tunnels.iter().filter(|t| t.action == crate::vpn::plan::Action::Error).map(|t| format!("tunnel {}: {}", t.iface, t.error.as_deref().unwrap_or("cannot be planned"))).collect();
+    if !unplannable.is_empty() {
+        let mut msgs = unplannable;
+        msgs.push("fix the tunnel, or apply the ruleset alone with --no-tunnels".into());
+        return refuse(&state, &appliance, &path_text, &a.reason, &msgs);
     }
     if !plan.has_changes() {
         if a.out.json {
@@ -135,6 +155,7 @@ pub fn exec(a: &ApplyArgs) -> u8 {
         ruleset_hash: d.ruleset_hash.clone(),
         summary: plan.summary(),
         appliance: appliance.clone(),
+        tunnels_skipped: !tunnels.managed(),
         ..Default::default()
     };
     let files = [
@@ -175,11 +196,14 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     }
     // One transaction: the element delta when only set contents change, else the
     // whole table. A delta that does not fit the live table fails atomically; then
-    // the whole table is replaced.
+    // the whole table is replaced. A change of tunnels only loads nothing.
     let started = Instant::now();
     let mut how = "full replace";
     let mut result = Err(String::new());
-    if let (Some(pv), None) = (&prev, &plan.drift) {
+    if !plan.ruleset_changes() {
+        how = "ruleset unchanged";
+        result = Ok(());
+    } else if let (Some(pv), None) = (&prev, &plan.drift) {
         if let Some(delta) = crate::plan::delta::delta(&pv.ruleset, &d.compiled.ruleset) {
             result = kernel.load(&crate::plan::delta::script(crate::compile::ir::TABLE, &delta)).map_err(|e| e.to_string());
             how = "element delta";
@@ -201,6 +225,24 @@ pub fn exec(a: &ApplyArgs) -> u8 {
         let _ = audit(&state, r);
         return EXIT_SYSTEM;
     }
+    // The tunnels follow the ruleset, in place. If they cannot, the whole apply
+    // is undone: the previous ruleset and the previous peers.
+    let old_policy = prev.as_ref().and_then(|pv| pv.loaded.policy.as_ref());
+    let synced = tunnels.sync(p, old_policy);
+    if let Some(e) = &synced.error {
+        eprint!("{}", apply::tunnels_text(&synced.done));
+        eprintln!("error: the tunnels could not be brought to the new policy: {e}");
+        let (message, code) = undo(&state, &kernel, tunnels.as_ref(), plan.ruleset_changes(), prev.as_ref(), p, previous, g, e);
+        let mut r = apply::record("apply-failed", "failed", &appliance, now());
+        r.policy_path = Some(path_text);
+        r.reason = a.reason.clone();
+        r.generation = (code.is_some()).then_some(g);
+        r.previous_generation = previous;
+        r.message = Some(message);
+        r.summary = serde_json::json!({ "text": plan.summary(), "tunnels": apply::tunnels_json(&synced.done) });
+        let _ = audit(&state, r);
+        return EXIT_SYSTEM;
+    }
     apply::record_kernel(&state, &kernel, g);
     let _ = state.set_current(Some(g));
     if confirm == 0 {
@@ -219,6 +261,7 @@ pub fn exec(a: &ApplyArgs) -> u8 {
         "text": plan.summary(),
         "flows": plan.flows.changes.iter().map(|c| c.line()).take(200).collect::<Vec<_>>(),
         "nat": plan.nat,
+        "tunnels": apply::tunnels_json(&synced.done),
         "how": how,
         "kernel_us": took.as_micros() as u64,
         "confirm_seconds": confirm,
@@ -226,13 +269,83 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     if let Err(c) = audit(&state, r) {
         return c;
     }
+    for t in &synced.done {
+        for w in &t.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     if a.out.json {
-        println!("{}", serde_json::json!({"applied": true, "generation": g, "how": how, "kernel_ms": took.as_secs_f64() * 1000.0, "confirm_seconds": confirm, "plan": plan.json()}));
+        println!("{}", serde_json::json!({"applied": true, "generation": g, "how": how, "kernel_ms": took.as_secs_f64() * 1000.0, "confirm_seconds": confirm, "tunnels": apply::tunnels_json(&synced.done), "plan": plan.json()}));
     } else {
+        print!("{}", apply::tunnels_text(&synced.done));
         println!("applied generation {g} ({how}, kernel transaction {:.1} ms)", took.as_secs_f64() * 1000.0);
         if confirm > 0 {
             println!("run `fwctl confirm` within {confirm} s, or generation {} is restored automatically", previous.map(|p| p.to_string()).unwrap_or_else(|| "none (no fwctl table)".into()));
         }
     }
     EXIT_OK
+}
+
+/// Undo an apply whose tunnels failed after its ruleset was loaded: load the
+/// previous generation's ruleset (none: remove fwctl's table) and sync the
+/// tunnels back to its peers, then drop generation `g`. Returns the message for
+/// the audit record and, when the previous ruleset could not be put back,
+/// `Some(g)`: the new ruleset stays loaded and `g` becomes current (unconfirmed)
+/// so that the state says what the kernel holds.
+#[allow(clippy::too_many_arguments)]
+fn undo(
+    state: &crate::state::State,
+    kernel: &dyn Kernel,
+    tunnels: &dyn apply::Tunnels,
+    ruleset_loaded: bool,
+    prev: Option<&apply::Previous>,
+    new_policy: &crate::model::Policy,
+    previous: Option<u64>,
+    g: u64,
+    error: &str,
+) -> (String, Option<u64>) {
+    let mut msg = format!("tunnels: {error}");
+    let _ = state.set_pending(None);
+    if ruleset_loaded {
+        if let Err(e) = apply::load_generation(state, kernel, previous) {
+            eprintln!("error: the previous ruleset could not be put back either: {e}; the new ruleset stays loaded as generation {g} (not confirmed)");
+            let _ = state.set_current(Some(g));
+            apply::record_kernel(state, kernel, g);
+            msg.push_str(&format!("; restoring the previous ruleset failed: {e}; generation {g}'s ruleset stays loaded"));
+            return (msg, Some(g));
+        }
+        if let Some(n) = previous {
+            apply::record_kernel(state, kernel, n);
+        }
+    }
+    let what = match previous {
+        Some(n) => format!("generation {n}'s ruleset"),
+        None => "the state before fwctl (no fwctl table)".into(),
+    };
+    if ruleset_loaded {
+        eprintln!("the ruleset was rolled back: {what} is in place again");
+        msg.push_str(&format!("; ruleset rolled back to {what}"));
+    }
+    match prev.and_then(|pv| pv.loaded.policy.as_ref().filter(|_| !pv.meta.tunnels_skipped)) {
+        Some(old) => {
+            let back = tunnels.sync(old, Some(new_policy));
+            eprint!("{}", apply::tunnels_text(&back.done));
+            match back.error {
+                None => {
+                    eprintln!("the tunnels were synced back to generation {}'s peers", previous.unwrap_or_default());
+                    msg.push_str("; tunnels synced back to its peers");
+                }
+                Some(e2) => {
+                    eprintln!("error: the tunnels could not be synced back either: {e2}; check `fwctl vpn status`");
+                    msg.push_str(&format!("; syncing the tunnels back failed: {e2}"));
+                }
+            }
+        }
+        None => {
+            eprintln!("the tunnels were left as they are (no earlier generation manages them)");
+            msg.push_str("; tunnels left as they are");
+        }
+    }
+    let _ = std::fs::remove_dir_all(state.gen_dir(g));
+    (msg, None)
 }

@@ -114,7 +114,8 @@ fn up(o: &LabOpts) -> u8 {
         .arg(&o.path)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--yes", "--reason", "lab up"])
+        // The lab's tunnel interfaces are veth links: the ruleset only.
+        .args(["--yes", "--no-tunnels", "--reason", "lab up"])
         .stdout(std::process::Stdio::null())
         .status();
     if !status.is_ok_and(|s| s.success()) {

@@ -1,6 +1,7 @@
-//! `fwctl plan [PATH]`: what `apply` would change — flows, NAT, ruleset — against
-//! the applied generation and the live kernel. Exit 0: nothing to change; 2: changes.
-use super::state_args::StateArgs;
+//! `fwctl plan [PATH]`: what `apply` would change — flows, NAT, ruleset, tunnels —
+//! against the applied generation, the live kernel and the running tunnels.
+//! Exit 0: nothing to change; 2: changes.
+use super::state_args::{StateArgs, TunnelArgs};
 use super::{OutputArgs, PolicyArgs, EXIT_CHANGES, EXIT_FAIL, EXIT_OK};
 use clap::Args;
 
@@ -12,6 +13,8 @@ pub struct PlanArgs {
     pub state: StateArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub tunnels: TunnelArgs,
 }
 
 pub fn exec(a: &PlanArgs) -> u8 {
@@ -36,7 +39,7 @@ pub fn exec(a: &PlanArgs) -> u8 {
             return EXIT_FAIL;
         }
     };
-    let plan = crate::apply::plan(&d, prev.as_ref(), &kernel, &state);
+    let plan = crate::apply::plan(&d, prev.as_ref(), &kernel, a.tunnels.tunnels().as_ref(), &state);
     let refusal = crate::apply::refusals(&d, prev.as_ref());
     if a.out.json {
         let mut j = plan.json();

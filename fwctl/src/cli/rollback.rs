@@ -1,5 +1,10 @@
 //! `fwctl rollback [--to N]` (a new generation restoring N's ruleset and policy) and
 //! `fwctl restore` (re-apply the last confirmed generation, e.g. at boot).
+//!
+//! Both load the ruleset first, then bring the tunnels to the restored
+//! generation's peers (from its policy snapshot), in place. A tunnel failure
+//! does not undo the restored ruleset (going back is the safe direction): it is
+//! reported, audited (`result: failed`) and exits 3.
 use super::state_args::{audit, now, StateArgs};
 use super::{EXIT_FAIL, EXIT_OK, EXIT_SYSTEM};
 use crate::apply;
@@ -71,18 +76,28 @@ pub fn rollback(a: &RollbackArgs) -> u8 {
     let _ = state.set_current(Some(g));
     let _ = state.set_confirmed(Some(g));
     let _ = state.set_pending(None);
-    let mut r = apply::record("rollback", "ok", &src.appliance, now());
+    let synced = apply::tunnels_to_generation(&state, &crate::vpn::ops::SystemTunnels, Some(g), current);
+    let mut r = apply::record("rollback", if synced.error.is_none() { "ok" } else { "failed" }, &src.appliance, now());
     r.generation = Some(g);
     r.previous_generation = current;
     r.policy_hash = Some(src.policy_hash.clone());
     r.ruleset_hash = Some(src.ruleset_hash.clone());
     r.git_commit = src.git_commit.clone();
     r.reason = a.reason.clone();
-    r.message = Some(format!("restored the ruleset of generation {target} as generation {g}"));
+    r.message = Some(match &synced.error {
+        None => format!("restored the ruleset and tunnels of generation {target} as generation {g}"),
+        Some(e) => format!("restored the ruleset of generation {target} as generation {g}; the tunnels could not follow: {e}"),
+    });
+    r.summary = serde_json::json!({ "tunnels": apply::tunnels_json(&synced.done) });
     if let Err(c) = audit(&state, r) {
         return c;
     }
+    print!("{}", apply::tunnels_text(&synced.done));
     println!("rolled back to generation {target} (now generation {g})");
+    if let Some(e) = synced.error {
+        eprintln!("error: the ruleset of generation {target} is in place, but the tunnels could not be brought to its peers: {e}");
+        return EXIT_SYSTEM;
+    }
     EXIT_OK
 }
 
@@ -112,20 +127,28 @@ pub fn restore(a: &RestoreArgs) -> u8 {
         return EXIT_OK;
     };
     let kernel = a.state.kernel();
-    let result = apply::load_generation(&state, &kernel, Some(target));
-    let appliance = state.meta(target).map(|m| m.appliance).unwrap_or_default();
-    let mut r = apply::record("restore", if result.is_ok() { "ok" } else { "failed" }, &appliance, now());
-    r.generation = Some(target);
-    r.previous_generation = state.current();
-    if let Err(e) = &result {
-        r.message = Some(e.clone());
-    }
+    let current = state.current();
+    let mut result = apply::load_generation(&state, &kernel, Some(target));
+    let mut synced = crate::vpn::ops::TunnelSync::default();
     if result.is_ok() {
         apply::record_kernel(&state, &kernel, target);
         let _ = state.set_current(Some(target));
         let _ = state.set_pending(None);
+        synced = apply::tunnels_to_generation(&state, &crate::vpn::ops::SystemTunnels, Some(target), current);
+        if let Some(e) = &synced.error {
+            result = Err(format!("the ruleset of generation {target} is in place, but the tunnels could not be brought to its peers: {e}"));
+        }
     }
+    let appliance = state.meta(target).map(|m| m.appliance).unwrap_or_default();
+    let mut r = apply::record("restore", if result.is_ok() { "ok" } else { "failed" }, &appliance, now());
+    r.generation = Some(target);
+    r.previous_generation = current;
+    if let Err(e) = &result {
+        r.message = Some(e.clone());
+    }
+    r.summary = serde_json::json!({ "tunnels": apply::tunnels_json(&synced.done) });
     let _ = audit(&state, r);
+    print!("{}", apply::tunnels_text(&synced.done));
     match result {
         Ok(()) => {
             println!("restored generation {target}");

@@ -42,6 +42,25 @@ impl StateArgs {
     }
 }
 
+/// Whether `plan`/`apply` manage the policy's WireGuard tunnels.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct TunnelArgs {
+    /// Leave WireGuard tunnels alone: plan and apply the ruleset only (`fwctl
+    /// lab` uses it: its tunnel interfaces are plain veth links)
+    #[arg(long)]
+    pub no_tunnels: bool,
+}
+
+impl TunnelArgs {
+    pub fn tunnels(&self) -> Box<dyn crate::apply::Tunnels> {
+        if self.no_tunnels {
+            Box::new(crate::apply::NoTunnels)
+        } else {
+            Box::new(crate::vpn::ops::SystemTunnels)
+        }
+    }
+}
+
 /// Seconds since the epoch (the clock is read here, at the edge).
 pub fn now() -> i64 {
     use crate::sys::clock::Clock;

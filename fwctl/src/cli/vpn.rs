@@ -1,7 +1,8 @@
 //! `fwctl vpn keygen | pubkey | up | down | status | peer add | run`: WireGuard tunnels.
 //!
 //! Secrets on the way out: `keygen` prints a new private key (asked for, for
-//! piping, like `wg genkey`); `peer add` prints the new *peer's* configuration,
+//! piping, like `wg genkey`; with `--out FILE` it writes the file, 0600, and
+//! prints only the public key); `peer add` prints the new *peer's* configuration,
 //! which holds that peer's private key. Nothing else prints a key but public
 //! ones; the appliance's private and preshared keys never leave their files
 //! except into the tunnel.
@@ -20,11 +21,13 @@ pub struct VpnArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum VpnCmd {
-    /// Print a new private key (base64) on stdout, for piping into a file
-    Keygen,
+    /// Print a new private key (base64) on stdout, for piping into a file;
+    /// with --out, write it to a new 0600 file and print its public key instead
+    Keygen(KeygenArgs),
     /// Read a private key on stdin, print its public key
     Pubkey,
-    /// Bring the policy's tunnels up, or change running ones to match it
+    /// Bring the policy's tunnels up, or change running ones to match it,
+    /// without a generation or audit record (`fwctl apply` does both: use it)
     Up(UpArgs),
     /// Stop tunnels
     Down(DownArgs),
@@ -36,6 +39,14 @@ pub enum VpnCmd {
     /// Run one userspace tunnel in the foreground (for a supervisor)
     #[command(hide = true)]
     Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Write the key to this file (created 0600, never overwritten; missing
+    /// directories are created 0700) and print only its public key
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -145,7 +156,7 @@ fn fail(e: Error) -> u8 {
 
 pub fn exec(a: &VpnArgs) -> u8 {
     match &a.cmd {
-        VpnCmd::Keygen => keygen(),
+        VpnCmd::Keygen(k) => keygen(k),
         VpnCmd::Pubkey => pubkey(),
         VpnCmd::Up(u) => up(u),
         VpnCmd::Down(d) => down(d),
@@ -155,8 +166,18 @@ pub fn exec(a: &VpnArgs) -> u8 {
     }
 }
 
-fn keygen() -> u8 {
+fn keygen(a: &KeygenArgs) -> u8 {
     match keys::PrivateKey::generate() {
+        Ok(k) if a.out.is_some() => {
+            let path = a.out.as_deref().expect("checked");
+            match keys::create_key_file(path, &k.expose_base64()) {
+                Ok(()) => {
+                    println!("{}", keys::public_to_base64(&k.public_key()));
+                    EXIT_OK
+                }
+                Err(e) => fail(e.into()),
+            }
+        }
         Ok(k) => {
             let mut line = k.expose_base64();
             line.push_str("\n");
@@ -300,7 +321,7 @@ fn status(a: &StatusArgs) -> u8 {
             println!("  peer: {name}");
             println!("    public key: {}", p.public_key);
             if !p.in_tunnel {
-                println!("    NOT IN THE TUNNEL (run `fwctl vpn up`)");
+                println!("    NOT IN THE TUNNEL (run `fwctl plan` and `fwctl apply`)");
                 continue;
             }
             if let Some(e) = &p.endpoint {
@@ -359,7 +380,7 @@ fn peer_add(a: &PeerAddArgs) -> u8 {
     for w in &p.warnings {
         eprintln!("warning: {w}");
     }
-    eprintln!("run `fwctl vpn up` to let the tunnel accept the new peer");
+    eprintln!("next: `fwctl plan` shows the new peer, `fwctl apply` lets the tunnel accept it");
     let mut rc = EXIT_OK;
     if a.qr {
         match crate::vpn::client::qr_terminal(&p.config) {

@@ -1,5 +1,6 @@
 //! `fwctl watchdog` (internal): started by `apply --confirm`, detached from the
-//! terminal; restores the previous generation unless the window is confirmed.
+//! terminal; restores the previous generation (its ruleset, then its tunnels'
+//! peers) unless the window is confirmed.
 use super::state_args::{audit, now, StateArgs};
 use crate::apply::{self, Step};
 use clap::Args;
@@ -44,22 +45,29 @@ pub fn exec(a: &WatchdogArgs) -> u8 {
     let Some(p) = state.pending().filter(|p| p.generation == a.generation) else { return super::EXIT_OK };
     let kernel = a.state.kernel();
     let result = apply::load_generation(&state, &kernel, p.previous);
-    let appliance = state.meta(a.generation).map(|m| m.appliance).unwrap_or_default();
-    let mut r = apply::record("rollback-auto", if result.is_ok() { "ok" } else { "failed" }, &appliance, now());
-    r.generation = p.previous;
-    r.previous_generation = Some(a.generation);
-    r.message = Some(match &result {
-        Ok(()) => format!("generation {} was not confirmed before its deadline; restored {}", a.generation, p.previous.map(|n| n.to_string()).unwrap_or_else(|| "the state before fwctl (table removed)".into())),
-        Err(e) => format!("automatic rollback of generation {} failed: {e}", a.generation),
-    });
+    let mut synced = crate::vpn::ops::TunnelSync::default();
     if result.is_ok() {
         let _ = state.set_current(p.previous);
         if let Some(prev) = p.previous {
             apply::record_kernel(&state, &kernel, prev);
         }
         let _ = state.set_pending(None);
+        // The ruleset is back first; then the tunnels follow, in place.
+        synced = apply::tunnels_to_generation(&state, &crate::vpn::ops::SystemTunnels, p.previous, Some(a.generation));
     }
+    let appliance = state.meta(a.generation).map(|m| m.appliance).unwrap_or_default();
+    let ok = result.is_ok() && synced.error.is_none();
+    let mut r = apply::record("rollback-auto", if ok { "ok" } else { "failed" }, &appliance, now());
+    r.generation = p.previous;
+    r.previous_generation = Some(a.generation);
+    let restored = p.previous.map(|n| n.to_string()).unwrap_or_else(|| "the state before fwctl (table removed; tunnels left as they are)".into());
+    r.message = Some(match (&result, &synced.error) {
+        (Ok(()), None) => format!("generation {} was not confirmed before its deadline; restored {restored}", a.generation),
+        (Ok(()), Some(e)) => format!("generation {} was not confirmed before its deadline; restored the ruleset of {restored}, but the tunnels could not follow: {e}", a.generation),
+        (Err(e), _) => format!("automatic rollback of generation {} failed: {e}", a.generation),
+    });
+    r.summary = serde_json::json!({ "tunnels": apply::tunnels_json(&synced.done) });
     // Even with a broken audit log the rollback above has happened.
     let _ = audit(&state, r);
-    if result.is_ok() { super::EXIT_OK } else { super::EXIT_SYSTEM }
+    if ok { super::EXIT_OK } else { super::EXIT_SYSTEM }
 }

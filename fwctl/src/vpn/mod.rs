@@ -10,10 +10,11 @@
 //! Who owns a tunnel: one long-running process per interface, `fwctl vpn run
 //! IFACE` ([`userspace`]: boringtun's device in the foreground, fit for a
 //! supervisor such as systemd's `fwctl-wg@IFACE.service`). Everything else —
-//! `fwctl vpn up`, and `fwctl apply` when it learns about VPNs — only talks to
-//! that process through the UAPI socket and changes what differs, so a running
-//! tunnel is never restarted and untouched peers keep their sessions. `vpn up`
-//! starts the process (detached) only when none serves the interface.
+//! `fwctl apply` (and rollback, restore, the confirm watchdog) and `fwctl vpn
+//! up` — only talks to that process through the UAPI socket and changes what
+//! differs, so a running tunnel is never restarted and untouched peers keep
+//! their sessions. They start the process (detached) only when none serves the
+//! interface. [`plan`] describes, for `fwctl plan`, what that sync will do.
 //!
 //! Keys ([`keys`]): private and preshared keys live in 0600 files; the policy
 //! and the model hold paths only; secrets are read at the moment they are handed
@@ -25,7 +26,9 @@
 //! link, addresses, routes), [`userspace`] (the tunnel process), [`kernel`]
 //! (kernel WireGuard over generic netlink), [`client`] (a new peer's client
 //! configuration, QR code, address choice), [`edit`] (appending a peer to a
-//! policy file), [`ops`] (up / down / status / peer add, wiring the above).
+//! policy file), [`plan`] (pure: the tunnel section of `fwctl plan`), [`ops`]
+//! (up / down / status / peer add, and the tunnel side of apply, wiring the
+//! above).
 
 pub mod client;
 pub mod desired;
@@ -34,6 +37,7 @@ pub mod kernel;
 pub mod keys;
 pub mod netlink;
 pub mod ops;
+pub mod plan;
 pub mod uapi;
 pub mod userspace;
 

@@ -310,44 +310,121 @@ fn dst_ip(n: &Net) -> IpAddr {
     n.first()
 }
 
+/// What the kernel holds for a tunnel interface: the link, its addresses and
+/// the main-table routes through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkObserved {
+    pub link: Link,
+    pub addresses: Vec<Addr>,
+    pub routes: Vec<Route>,
+}
+
+/// Read `name`'s link, addresses and routes (None: no such link here).
+pub fn observe_link(nl: &mut Rtnl, name: &str) -> Result<Option<LinkObserved>, Error> {
+    let Some(link) = nl.link(name)? else { return Ok(None) };
+    let addresses = nl.addresses(link.index)?;
+    let routes = nl.routes(link.index)?;
+    Ok(Some(LinkObserved { link, addresses, routes }))
+}
+
+/// One change to a tunnel interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkOp {
+    /// `from`: None when the link does not exist yet.
+    Mtu { from: Option<u32>, to: u32 },
+    Up,
+    AddAddress(IpAddr, u8),
+    RemoveAddress(IpAddr, u8),
+    AddRoute(Net),
+    RemoveRoute(Net),
+}
+
+impl LinkOp {
+    /// For people; `sync_link` reports these lines prefixed with the interface.
+    pub fn describe(&self) -> String {
+        match self {
+            LinkOp::Mtu { from: Some(f), to } => format!("mtu {f} → {to}"),
+            LinkOp::Mtu { from: None, to } => format!("mtu {to}"),
+            LinkOp::Up => "link up".into(),
+            LinkOp::AddAddress(ip, len) => format!("add address {ip}/{len}"),
+            LinkOp::RemoveAddress(ip, len) => format!("remove address {ip}/{len}"),
+            LinkOp::AddRoute(n) => format!("add route {}", net_cidr(n)),
+            LinkOp::RemoveRoute(n) => format!("remove route {}", net_cidr(n)),
+        }
+    }
+}
+
+/// The changes that make `have` (None: the link does not exist yet) equal to
+/// `cfg` (pure). Only fwctl's own routes ([`RTPROT_FWCTL`]) are removed, and
+/// link-local addresses are left alone.
+pub fn link_ops(have: Option<&LinkObserved>, cfg: &LinkConfig) -> Vec<LinkOp> {
+    let mut ops = vec![];
+    let mtu = u32::from(cfg.mtu);
+    let (addresses, routes): (&[Addr], &[Route]) = match have {
+        Some(h) => {
+            if h.link.mtu != mtu {
+                ops.push(LinkOp::Mtu { from: Some(h.link.mtu), to: mtu });
+            }
+            if !h.link.up {
+                ops.push(LinkOp::Up);
+            }
+            (&h.addresses, &h.routes)
+        }
+        None => {
+            ops.push(LinkOp::Mtu { from: None, to: mtu });
+            ops.push(LinkOp::Up);
+            (&[], &[])
+        }
+    };
+    for (ip, len) in &cfg.addresses {
+        if !addresses.iter().any(|a| a.addr == *ip && a.prefix_len == *len) {
+            ops.push(LinkOp::AddAddress(*ip, *len));
+        }
+    }
+    for a in addresses {
+        if !a.link_scope && !cfg.addresses.iter().any(|(ip, len)| a.addr == *ip && a.prefix_len == *len) {
+            ops.push(LinkOp::RemoveAddress(a.addr, a.prefix_len));
+        }
+    }
+    for r in &cfg.routes {
+        if !routes.iter().any(|x| x.dst == *r) {
+            ops.push(LinkOp::AddRoute(*r));
+        }
+    }
+    for r in routes {
+        if r.protocol == RTPROT_FWCTL && !cfg.routes.contains(&r.dst) {
+            ops.push(LinkOp::RemoveRoute(r.dst));
+        }
+    }
+    ops
+}
+
 /// Make `name`'s link state, addresses and routes equal to `cfg`. Returns one
 /// line per change (empty: nothing to do).
 pub fn sync_link(nl: &mut Rtnl, name: &str, cfg: &LinkConfig) -> Result<Vec<String>, Error> {
+    let have = observe_link(nl, name)?.ok_or_else(|| Error::Netlink { op: format!("find link {name}"), source: io::Error::from_raw_os_error(nix::libc::ENODEV) })?;
+    let index = have.link.index;
+    let ops = link_ops(Some(&have), cfg);
     let mut changes = vec![];
-    let link = nl.link(name)?.ok_or_else(|| Error::Netlink { op: format!("find link {name}"), source: io::Error::from_raw_os_error(nix::libc::ENODEV) })?;
-    let mtu = u32::from(cfg.mtu);
-    if link.mtu != mtu || !link.up {
-        nl.set_link(link.index, true, (link.mtu != mtu).then_some(mtu))?;
-        if link.mtu != mtu {
-            changes.push(format!("{name}: mtu {} → {mtu}", link.mtu));
-        }
-        if !link.up {
-            changes.push(format!("{name}: link up"));
-        }
+    // MTU and link state go in one request.
+    let mtu = ops.iter().find_map(|op| match op {
+        LinkOp::Mtu { to, .. } => Some(*to),
+        _ => None,
+    });
+    if mtu.is_some() || ops.contains(&LinkOp::Up) {
+        nl.set_link(index, true, mtu)?;
     }
-    let have = nl.addresses(link.index)?;
-    for (ip, len) in &cfg.addresses {
-        if !have.iter().any(|a| a.addr == *ip && a.prefix_len == *len) {
-            nl.add_address(link.index, *ip, *len)?;
-            changes.push(format!("{name}: add address {ip}/{len}"));
-        }
-    }
-    for a in &have {
-        if !a.link_scope && !cfg.addresses.iter().any(|(ip, len)| a.addr == *ip && a.prefix_len == *len) {
-            nl.del_address(link.index, a.addr, a.prefix_len)?;
-            changes.push(format!("{name}: remove address {}/{}", a.addr, a.prefix_len));
-        }
-    }
-    let routes = nl.routes(link.index)?;
-    for r in &cfg.routes {
-        if !routes.iter().any(|x| x.dst == *r) && nl.add_route(link.index, r)? {
-            changes.push(format!("{name}: add route {}", net_cidr(r)));
-        }
-    }
-    for r in &routes {
-        if r.protocol == RTPROT_FWCTL && !cfg.routes.contains(&r.dst) {
-            nl.del_route(link.index, &r.dst)?;
-            changes.push(format!("{name}: remove route {}", net_cidr(&r.dst)));
+    for op in &ops {
+        let done = match op {
+            LinkOp::Mtu { .. } | LinkOp::Up => true,
+            LinkOp::AddAddress(ip, len) => nl.add_address(index, *ip, *len).map(|_| true)?,
+            LinkOp::RemoveAddress(ip, len) => nl.del_address(index, *ip, *len).map(|_| true)?,
+            // An identical route that appeared meanwhile is not a change.
+            LinkOp::AddRoute(r) => nl.add_route(index, r)?,
+            LinkOp::RemoveRoute(r) => nl.del_route(index, r).map(|_| true)?,
+        };
+        if done {
+            changes.push(format!("{name}: {}", op.describe()));
         }
     }
     Ok(changes)

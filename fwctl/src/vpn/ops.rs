@@ -11,10 +11,10 @@ use super::keys::{self, KeyFiles, PresharedKey, PrivateKey};
 use super::netlink::{self, Rtnl};
 use super::uapi::{DeviceState, Flavor, Uapi};
 use super::userspace::{self, IfaceLock};
+use super::plan::{Live, Names, TunnelPlan};
 use super::{client, edit, kernel, Error, WgApi};
 use crate::check::Loaded;
-use crate::model::{IfName, Policy, Vpn};
-use std::collections::BTreeMap;
+use crate::model::{IfName, Policy, PublicKey, Vpn};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -69,6 +69,26 @@ pub fn gather_inputs(vpn: &Vpn) -> Result<(Inputs, bool), Error> {
     let (key, created) = keys::load_private_key(Path::new(&vpn.private_key_file), true)?;
     let mut inputs = Inputs { public_key: Some(key.public_key()), ..Default::default() };
     drop(key);
+    peer_inputs(vpn, &mut inputs)?;
+    Ok((inputs, created))
+}
+
+/// Like [`gather_inputs`], but creating nothing (for `fwctl plan`): a missing
+/// private key file is reported as `true` (apply will create it) and a
+/// placeholder public key stands in for the unknown one.
+pub fn read_inputs(vpn: &Vpn) -> Result<(Inputs, bool), Error> {
+    let (public_key, missing) = match keys::load_private_key(Path::new(&vpn.private_key_file), false) {
+        Ok((k, _)) => (k.public_key(), false),
+        Err(keys::KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => (PublicKey([0; 32]), true),
+        Err(e) => return Err(e.into()),
+    };
+    let mut inputs = Inputs { public_key: Some(public_key), ..Default::default() };
+    peer_inputs(vpn, &mut inputs)?;
+    Ok((inputs, missing))
+}
+
+/// Preshared key fingerprints and resolved endpoints of `vpn`'s peers.
+fn peer_inputs(vpn: &Vpn, inputs: &mut Inputs) -> Result<(), Error> {
     for p in &vpn.peers {
         if let Some(f) = &p.preshared_key_file {
             let psk = keys::load_psk(Path::new(f))?;
@@ -84,7 +104,7 @@ pub fn gather_inputs(vpn: &Vpn) -> Result<(Inputs, bool), Error> {
             }
         }
     }
-    Ok((inputs, created))
+    Ok(())
 }
 
 /// What `up` did to one interface.
@@ -106,12 +126,15 @@ pub struct UpReport {
 /// Plan and apply `vpn` on a running tunnel, then its link; under the
 /// interface lock. The common core of `up` and of the tunnel process's
 /// initial configuration.
-pub fn sync(vpn: &Vpn, api: &dyn WgApi, inputs: &Inputs) -> Result<(Desired, Vec<String>, Vec<String>), Error> {
+/// `known` names peers the tunnel may still have but `vpn` no longer lists
+/// (from the applied policy), so that their removal is reported by name.
+pub fn sync(vpn: &Vpn, api: &dyn WgApi, inputs: &Inputs, known: &Names) -> Result<(Desired, Vec<String>, Vec<String>), Error> {
     let want = desired(vpn, inputs).map_err(|e| Error::Policy(e.join("\n")))?;
     let _lock = IfaceLock::acquire(vpn.name.as_str(), Duration::from_secs(30))?;
     let state = api.get()?;
     let plan = diff(&state, &want, api.updates_in_place(&state));
-    let names: BTreeMap<[u8; 32], String> = vpn.peers.iter().map(|p| (p.public_key.0, format!("{}.{}", vpn.name, p.name))).collect();
+    let mut names = known.clone();
+    names.extend(vpn.peers.iter().map(|p| (p.public_key.0, format!("{}.{}", vpn.name, p.name))));
     let tunnel = plan.describe(&names);
     api.apply(&plan, &KeyFiles)?;
     let mut nl = Rtnl::open()?;
@@ -122,14 +145,24 @@ pub fn sync(vpn: &Vpn, api: &dyn WgApi, inputs: &Inputs) -> Result<(Desired, Vec
 fn userspace_link_check(nl: &mut Rtnl, iface: &str) -> Result<(), Error> {
     match nl.link(iface)? {
         Some(_) => Ok(()),
-        None => Err(Error::Spawn {
-            iface: iface.to_string(),
-            detail: format!(
-                "a process serves {} but there is no interface {iface} in this network namespace: it belongs to another namespace (UAPI socket names are host-wide; use distinct interface names)",
-                super::uapi::socket_path(iface).display()
-            ),
-        }),
+        None => Err(other_namespace(iface)),
     }
+}
+
+/// A process serves the UAPI socket, but the interface is not in this namespace.
+fn other_namespace(iface: &str) -> Error {
+    Error::Spawn {
+        iface: iface.to_string(),
+        detail: format!(
+            "a process serves {} but there is no interface {iface} in this network namespace: it belongs to another namespace (UAPI socket names are host-wide; use distinct interface names)",
+            super::uapi::socket_path(iface).display()
+        ),
+    }
+}
+
+/// An interface of that name exists, but it is no tunnel fwctl can configure.
+fn not_a_tunnel(iface: &str, kind: Option<&str>) -> Error {
+    Error::Spawn { iface: iface.into(), detail: format!("an interface {iface} (kind {}) exists but no tunnel serves it; remove it or choose another name", kind.unwrap_or("unknown")) }
 }
 
 /// `fwctl vpn up`: make each selected VPN's tunnel match the policy, starting
@@ -138,12 +171,12 @@ pub fn up(policy_path: &Path, iface: Option<&str>, backend: Backend) -> Result<V
     let (_, policy) = load_policy(policy_path)?;
     let mut out = vec![];
     for vpn in select(&policy, iface)? {
-        out.push(up_one(vpn, backend)?);
+        out.push(up_one(vpn, backend, &Names::new())?);
     }
     Ok(out)
 }
 
-fn up_one(vpn: &Vpn, backend: Backend) -> Result<UpReport, Error> {
+fn up_one(vpn: &Vpn, backend: Backend, known: &Names) -> Result<UpReport, Error> {
     let name = vpn.name.as_str();
     let (inputs, key_created) = gather_inputs(vpn)?;
     let mut nl = Rtnl::open()?;
@@ -169,7 +202,7 @@ fn up_one(vpn: &Vpn, backend: Backend) -> Result<UpReport, Error> {
             started = true;
         }
         let api = kernel::KernelWg::open(name)?;
-        ("kernel", sync(vpn, &api, &inputs)?)
+        ("kernel", sync(vpn, &api, &inputs, known)?)
     } else {
         if backend == Backend::Kernel {
             return Err(Error::Spawn { iface: name.into(), detail: "--backend kernel, but the interface is run by a userspace tunnel".into() });
@@ -178,10 +211,7 @@ fn up_one(vpn: &Vpn, backend: Backend) -> Result<UpReport, Error> {
             userspace_link_check(&mut nl, name)?;
         } else {
             if let Some(l) = &existing {
-                return Err(Error::Spawn {
-                    iface: name.into(),
-                    detail: format!("an interface {name} (kind {}) exists but no tunnel serves it; remove it or choose another name", l.kind.as_deref().unwrap_or("unknown")),
-                });
+                return Err(not_a_tunnel(name, l.kind.as_deref()));
             }
             // Started without the policy: this command configures it below, so
             // its report lists everything (a supervised `run --policy` configures
@@ -189,7 +219,7 @@ fn up_one(vpn: &Vpn, backend: Backend) -> Result<UpReport, Error> {
             userspace::spawn_detached(name, None, Duration::from_secs(10))?;
             started = true;
         }
-        ("userspace", sync(vpn, &uapi, &inputs)?)
+        ("userspace", sync(vpn, &uapi, &inputs, known)?)
     };
     let (want, tunnel, link) = report;
     for n in &want.link.unrouted {
@@ -198,12 +228,175 @@ fn up_one(vpn: &Vpn, backend: Backend) -> Result<UpReport, Error> {
     Ok(UpReport { iface: name.to_string(), backend: backend_name, started, key_created, tunnel, link, warnings })
 }
 
+/// Peer names (`VPN.PEER`) by public key, from every policy given.
+pub fn peer_names(policies: &[&Policy]) -> Names {
+    let mut names = Names::new();
+    for p in policies {
+        for v in &p.vpns {
+            names.extend(v.peers.iter().map(|x| (x.public_key.0, format!("{}.{}", v.name, x.name))));
+        }
+    }
+    names
+}
+
+/// What runs `name` now, read without changing anything.
+pub fn observe(name: &str) -> Result<Live, Error> {
+    let mut nl = Rtnl::open()?;
+    let Some(link) = netlink::observe_link(&mut nl, name)? else {
+        return if Uapi::new(name).alive() { Err(other_namespace(name)) } else { Ok(Live::NotRunning) };
+    };
+    if link.link.kind.as_deref() == Some("wireguard") {
+        let device = kernel::KernelWg::open(name)?.get()?;
+        return Ok(Live::Running { backend: "kernel", device, link });
+    }
+    let uapi = Uapi::new(name);
+    if !uapi.alive() {
+        return Err(not_a_tunnel(name, link.link.kind.as_deref()));
+    }
+    let device = uapi.get()?;
+    let backend = match device.flavor {
+        Flavor::Boringtun => "userspace (boringtun)",
+        Flavor::Standard => "userspace",
+    };
+    Ok(Live::Running { backend, device, link })
+}
+
+/// The backend `apply` starts a tunnel with (`Backend::Auto`).
+pub fn start_backend() -> &'static str {
+    if kernel::available() {
+        "kernel"
+    } else {
+        "userspace"
+    }
+}
+
+/// The tunnel part of `fwctl plan`: for each VPN of `new`, what `apply` would
+/// change (read-only: no key file is created, no tunnel started); for each VPN
+/// only `old` (the applied policy) has, a stop if its tunnel runs. Problems
+/// become [`TunnelPlan::error`] entries, never a failure of the whole plan.
+pub fn plan_tunnels(new: &Policy, old: Option<&Policy>) -> Vec<TunnelPlan> {
+    let names = peer_names(&[new].into_iter().chain(old).collect::<Vec<_>>());
+    let mut out = vec![];
+    for vpn in &new.vpns {
+        let name = vpn.name.as_str();
+        let planned = read_inputs(vpn).and_then(|(inputs, key_missing)| {
+            let want = desired(vpn, &inputs).map_err(|e| Error::Policy(e.join("; ")))?;
+            let live = observe(name)?;
+            Ok(super::plan::plan_tunnel(&want, &live, start_backend(), key_missing, &names))
+        });
+        match planned {
+            Ok(Some(t)) => out.push(t),
+            Ok(None) => {}
+            Err(e) => out.push(TunnelPlan::error(name, e.to_string())),
+        }
+    }
+    for vpn in old.map(|o| &o.vpns[..]).unwrap_or_default() {
+        if new.vpns.iter().any(|v| v.name == vpn.name) {
+            continue;
+        }
+        match observe(vpn.name.as_str()) {
+            Ok(Live::Running { backend, .. }) => out.push(TunnelPlan::stop(vpn.name.as_str(), backend)),
+            Ok(Live::NotRunning) => {}
+            Err(e) => out.push(TunnelPlan::error(vpn.name.as_str(), e.to_string())),
+        }
+    }
+    out
+}
+
+/// What `apply` (or a rollback) did to one tunnel. Public keys only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TunnelDone {
+    pub iface: String,
+    /// `started`, `changed`, `unchanged`, `stopped`.
+    pub action: &'static str,
+    pub backend: &'static str,
+    /// One line per change (peers by name and public key, link changes).
+    pub changes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The outcome of [`sync_tunnels`]: what was done, and what failed (one
+/// message per tunnel, joined; each names its interface).
+#[derive(Debug, Clone, Default)]
+pub struct TunnelSync {
+    pub done: Vec<TunnelDone>,
+    pub error: Option<String>,
+}
+
+impl TunnelSync {
+    fn fail(&mut self, iface: &str, e: Error) {
+        let m = e.to_string();
+        let m = if m.starts_with(&format!("{iface}:")) { m } else { format!("{iface}: {m}") };
+        self.error = Some(match self.error.take() {
+            Some(prev) => format!("{prev}; {m}"),
+            None => m,
+        });
+    }
+}
+
+/// The tunnel part of `fwctl apply` (and of rollback, restore and the confirm
+/// watchdog): each VPN of `new` is brought to its peers in place — started if
+/// nothing runs it, otherwise changed through the diff, so unchanged peers and
+/// the tunnel process are left alone; each VPN only `old` has is stopped. A
+/// tunnel that fails does not stop the others (the caller decides what a
+/// failure means: apply undoes, a rollback reports).
+pub fn sync_tunnels(new: &Policy, old: Option<&Policy>) -> TunnelSync {
+    let names = peer_names(&[new].into_iter().chain(old).collect::<Vec<_>>());
+    let mut out = TunnelSync::default();
+    for vpn in &new.vpns {
+        match up_one(vpn, Backend::Auto, &names) {
+            Ok(r) => {
+                let mut changes = vec![];
+                if r.key_created {
+                    changes.push(format!("created private key file {} (0600)", vpn.private_key_file));
+                }
+                changes.extend(r.tunnel.iter().chain(&r.link).cloned());
+                let action = if r.started {
+                    "started"
+                } else if changes.is_empty() {
+                    "unchanged"
+                } else {
+                    "changed"
+                };
+                out.done.push(TunnelDone { iface: r.iface, action, backend: r.backend, changes, warnings: r.warnings });
+            }
+            Err(e) => out.fail(vpn.name.as_str(), e),
+        }
+    }
+    for vpn in old.map(|o| &o.vpns[..]).unwrap_or_default() {
+        if new.vpns.iter().any(|v| v.name == vpn.name) {
+            continue;
+        }
+        match down(&[vpn.name.to_string()], Duration::from_secs(10)) {
+            Ok(rs) => {
+                for r in rs.into_iter().filter(|r| r.action != "not running") {
+                    out.done.push(TunnelDone { iface: r.iface, action: "stopped", backend: "", changes: vec![r.action], warnings: vec![] });
+                }
+            }
+            Err(e) => out.fail(vpn.name.as_str(), e),
+        }
+    }
+    out
+}
+
+/// The real tunnels, for apply, rollback, restore and the watchdog.
+pub struct SystemTunnels;
+
+impl crate::apply::Tunnels for SystemTunnels {
+    fn plan(&self, new: &Policy, old: Option<&Policy>) -> Vec<TunnelPlan> {
+        plan_tunnels(new, old)
+    }
+    fn sync(&self, new: &Policy, old: Option<&Policy>) -> TunnelSync {
+        sync_tunnels(new, old)
+    }
+}
+
 /// The tunnel process's initial configuration (`fwctl vpn run IFACE --policy`).
 pub fn initial_sync(policy_path: &Path, iface: &IfName) -> Result<Vec<String>, Error> {
     let (_, policy) = load_policy(policy_path)?;
     let vpn = select(&policy, Some(iface.as_str()))?[0];
     let (inputs, _) = gather_inputs(vpn)?;
-    let (_, mut tunnel, link) = sync(vpn, &Uapi::new(iface.as_str()), &inputs)?;
+    let (_, mut tunnel, link) = sync(vpn, &Uapi::new(iface.as_str()), &inputs, &Names::new())?;
     tunnel.extend(link);
     Ok(tunnel)
 }
