@@ -323,11 +323,25 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
     }
 }
 
-#[test]
-fn tunnel_carries_traffic_and_peer_removal_spares_other_sessions() {
-    if !privileged_or_skip() || !tools_or_skip(&[("wg", "--version"), ("wireguard-go", "--version")]) {
-        return;
-    }
+/// The test topology: a firewall namespace `fw` with two laptops (`la` on
+/// 198.51.100.0/24, `lb` on 203.0.113.0/24) and, with `server`, a server
+/// namespace `srv` (192.0.2.10, routed back to the tunnel network through fw).
+/// Interface names are unique per run.
+struct Rig {
+    started: Instant,
+    wf: String,
+    wa: String,
+    wb: String,
+    dir: PathBuf,
+    lab: Lab,
+    cleanup: Cleanup,
+    fw: String,
+    la: String,
+    lb: String,
+    srv: Option<String>,
+}
+
+fn rig(server: bool) -> Rig {
     let started = Instant::now();
     let prefix = unique_prefix("fwv");
     let sfx = &prefix[3..];
@@ -335,20 +349,37 @@ fn tunnel_carries_traffic_and_peer_removal_spares_other_sessions() {
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).unwrap();
     let mut lab = Lab::new(&prefix).expect("lab");
-    let mut cleanup = Cleanup { ifaces: vec![wf.clone(), wa.clone(), wb.clone()], children: vec![], dir: dir.clone() };
+    let cleanup = Cleanup { ifaces: vec![wf.clone(), wa.clone(), wb.clone()], children: vec![], dir: dir.clone() };
     let fw = lab.add_ns("fw").unwrap();
     let la = lab.add_ns("la").unwrap();
     let lb = lab.add_ns("lb").unwrap();
     lab.veth(&fw, "fa", &la, "a0").unwrap();
     lab.veth(&fw, "fb", &lb, "b0").unwrap();
-    lab.addr(&fw, "fa", "198.51.100.1/24").unwrap();
-    lab.addr(&la, "a0", "198.51.100.2/24").unwrap();
-    lab.addr(&fw, "fb", "203.0.113.1/24").unwrap();
-    lab.addr(&lb, "b0", "203.0.113.2/24").unwrap();
-    for (ns, dev) in [(&fw, "fa"), (&fw, "fb"), (&la, "a0"), (&lb, "b0")] {
+    let mut links = vec![(fw.clone(), "fa", "198.51.100.1/24"), (la.clone(), "a0", "198.51.100.2/24"), (fw.clone(), "fb", "203.0.113.1/24"), (lb.clone(), "b0", "203.0.113.2/24")];
+    let srv = server.then(|| {
+        let srv = lab.add_ns("srv").unwrap();
+        lab.veth(&fw, "fs", &srv, "s0").unwrap();
+        links.extend([(fw.clone(), "fs", "192.0.2.1/24"), (srv.clone(), "s0", "192.0.2.10/24")]);
+        srv
+    });
+    for (ns, dev, a) in &links {
+        lab.addr(ns, dev, a).unwrap();
         lab.link_up(ns, dev).unwrap();
     }
+    if let Some(srv) = &srv {
+        lab.route(srv, "10.200.0.0/24", Some("192.0.2.1"), "s0").unwrap();
+        lab.forwarding(&fw, true).unwrap();
+    }
     lab.wait_ready(Duration::from_secs(5)).unwrap();
+    Rig { started, wf, wa, wb, dir, lab, cleanup, fw, la, lb, srv }
+}
+
+#[test]
+fn tunnel_carries_traffic_and_peer_removal_spares_other_sessions() {
+    if !privileged_or_skip() || !tools_or_skip(&[("wg", "--version"), ("wireguard-go", "--version")]) {
+        return;
+    }
+    let Rig { started, wf, wa, wb, dir, lab, mut cleanup, fw, la, lb, .. } = rig(false);
 
     let key = dir.join("keys/wf.key");
     let policy = dir.join("policy.toml");
@@ -718,28 +749,8 @@ fn apply_brings_tunnels_up_enforces_their_zone_and_revokes_a_peer() {
     if !privileged_or_skip() || !tools_or_skip(&[("wg", "--version"), ("wireguard-go", "--version")]) {
         return;
     }
-    let started = Instant::now();
-    let prefix = unique_prefix("fwv");
-    let sfx = &prefix[3..];
-    let (wf, wa, wb) = (format!("wf{sfx}"), format!("wa{sfx}"), format!("wb{sfx}"));
-    let dir = std::env::temp_dir().join(&prefix);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut lab = Lab::new(&prefix).expect("lab");
-    let mut cleanup = Cleanup { ifaces: vec![wf.clone(), wa.clone(), wb.clone()], children: vec![], dir: dir.clone() };
-    let fw = lab.add_ns("fw").unwrap();
-    let la = lab.add_ns("la").unwrap();
-    let lb = lab.add_ns("lb").unwrap();
-    let srv = lab.add_ns("srv").unwrap();
-    lab.veth(&fw, "fa", &la, "a0").unwrap();
-    lab.veth(&fw, "fb", &lb, "b0").unwrap();
-    lab.veth(&fw, "fs", &srv, "s0").unwrap();
-    for (ns, dev, a) in [(&fw, "fa", "198.51.100.1/24"), (&la, "a0", "198.51.100.2/24"), (&fw, "fb", "203.0.113.1/24"), (&lb, "b0", "203.0.113.2/24"), (&fw, "fs", "192.0.2.1/24"), (&srv, "s0", "192.0.2.10/24")] {
-        lab.addr(ns, dev, a).unwrap();
-        lab.link_up(ns, dev).unwrap();
-    }
-    lab.route(&srv, "10.200.0.0/24", Some("192.0.2.1"), "s0").unwrap();
-    lab.forwarding(&fw, true).unwrap();
-    lab.wait_ready(Duration::from_secs(5)).unwrap();
+    let Rig { started, wf, wa, wb, dir, lab, mut cleanup, fw, la, lb, srv } = rig(true);
+    let srv = srv.expect("server namespace");
 
     let key = dir.join("keys/wf.key");
     let policy = dir.join("policy/policy.toml");

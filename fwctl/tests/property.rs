@@ -12,25 +12,7 @@ use fwctl::model::{Date, Proto};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, pct: u64) -> bool {
-        self.next() % 100 < pct
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
+use fwctl::gen::Rng;
 
 const V4_NETS: [&str; 6] = ["192.0.2.0/25", "192.0.2.128/26", "198.51.100.0/24", "203.0.113.0/28", "10.200.0.0/24", "0.0.0.0/0"];
 const V6_NETS: [&str; 4] = ["2001:db8:10::/64", "2001:db8:20::/64", "fd00:200::/64", "2001:db8::/32"];
