@@ -79,3 +79,103 @@ fn reference_policy_real_packets_agree_with_the_evaluator() {
     assert_eq!(bad, 0, "real packets disagree with the evaluator:\n{table}");
     eprintln!("{} probes agree ({} skipped as not reproducible in the lab)", rows.len(), plan.skipped.len());
 }
+
+/// Devices no zone declares take the kernel's two-step dispatch (ingress, then
+/// egress) instead of the device-pair map: real TCP connections between two
+/// declared zones, an undeclared device and the appliance itself must get the
+/// evaluator's verdict on every path (pair, declared → undeclared, undeclared →
+/// declared, undeclared → appliance).
+#[test]
+fn undeclared_devices_agree_with_the_evaluator() {
+    use fwctl::eval::{evaluate, Hook, Packet};
+    use fwctl::model::Proto;
+    use fwctl::sys::probe::{run, Probe, Proto as PProto};
+    if !privileged_or_skip() {
+        return;
+    }
+    let text = r#"
+[firewall]
+name = "undeclared"
+default = "drop"
+[interfaces.a]
+device = "ea"
+zone = "za"
+[interfaces.b]
+device = "eb"
+zone = "zb"
+[zones.za]
+networks = ["10.1.0.0/24"]
+[zones.zb]
+networks = ["10.2.0.0/24"]
+[hosts]
+xhost = "10.9.0.2"
+[[rules]]
+name = "za-web-anywhere"
+from = "za"
+to = "any"
+allow = ["http"]
+[[rules]]
+name = "ssh-into-zb"
+from = "any"
+to = "zb"
+allow = ["ssh"]
+[[rules]]
+name = "xhost-admin"
+from = "xhost"
+to = ["self", "za"]
+allow = ["https"]
+"#;
+    let loaded = fwctl::check::load_str("undeclared.toml", text, TODAY);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diags);
+    let p = loaded.policy.unwrap();
+    let compiled = compile(&p, Capabilities { flowtable: false }).expect("compiles");
+    let script = fwctl::render::nft::script(&compiled.ruleset, "test");
+    assert!(script.contains("iifname . oifname vmap @fwd_pair"), "the pair dispatch is expected:\n{script}");
+
+    let mut lab = Lab::new(&unique_prefix("fwu")).expect("lab");
+    let fw = lab.add_ns("fw").unwrap();
+    // (namespace, fw device, fw address, host address)
+    let sides = [("a", "ea", "10.1.0.1", "10.1.0.2"), ("b", "eb", "10.2.0.1", "10.2.0.2"), ("x", "ex", "10.9.0.1", "10.9.0.2")];
+    let mut nss = vec![];
+    for (short, dev, fw_addr, addr) in sides {
+        let ns = lab.add_ns(short).unwrap();
+        lab.veth(&fw, dev, &ns, "h0").unwrap();
+        lab.addr(&fw, dev, &format!("{fw_addr}/24")).unwrap();
+        lab.addr(&ns, "h0", &format!("{addr}/24")).unwrap();
+        lab.link_up(&fw, dev).unwrap();
+        lab.link_up(&ns, "h0").unwrap();
+        lab.route(&ns, "default", Some(fw_addr), "h0").unwrap();
+        nss.push((ns, dev, fw_addr, addr));
+    }
+    lab.forwarding(&fw, true).unwrap();
+    lab.wait_ready(Duration::from_secs(5)).unwrap();
+    lab.run_nft(&fw, &script).expect("ruleset loads");
+
+    let mut bad = vec![];
+    let mut probes = 0;
+    let mut seen: std::collections::BTreeMap<(bool, Option<bool>), std::collections::BTreeSet<String>> = Default::default();
+    for (cns, cdev, cfw, caddr) in &nss {
+        // Targets: every other side, and the appliance's address on the client's side.
+        let mut targets: Vec<(String, Option<&str>, &str, Hook)> = nss.iter().filter(|t| t.0 != *cns).map(|t| (t.0.clone(), Some(t.1), t.3, Hook::Forward)).collect();
+        targets.push((fw.clone(), None, cfw, Hook::Input));
+        for (sns, sdev, daddr, hook) in targets {
+            for port in [22u16, 80, 443] {
+                let pkt = Packet { hook, iif: Some(cdev.to_string()), oif: sdev.map(str::to_string), src: caddr.parse().unwrap(), dst: daddr.parse().unwrap(), proto: Proto::Tcp, port };
+                let want = evaluate(&p, &pkt).verdict;
+                seen.entry((*cdev == "ex", sdev.map(|d| d == "ex"))).or_default().insert(format!("{want:?}"));
+                let got = run(&Probe::new(PProto::Tcp, cns, pkt.src, &sns, pkt.dst, port), Duration::from_millis(800)).expect("probe");
+                probes += 1;
+                if !plan::agrees(want, got) {
+                    bad.push(format!("{} → {} tcp/{port} ({:?} via {:?} → {:?}): evaluator {want:?}, kernel {got:?}", pkt.src, pkt.dst, hook, pkt.iif, pkt.oif));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{} of {probes} probes disagree:\n{}", bad.len(), bad.join("\n"));
+    // Each path (pair; declared → undeclared; undeclared → declared; undeclared →
+    // appliance) saw both an accepted and a dropped connection.
+    for path in [(false, Some(false)), (false, Some(true)), (true, Some(false)), (true, None)] {
+        assert_eq!(seen.get(&path).map(|v| v.len()), Some(2), "path {path:?} needs both verdicts: {seen:?}");
+    }
+    eprintln!("{probes} probes agree");
+}
