@@ -206,7 +206,7 @@ impl Env {
         serde_json::from_str::<Value>(&o.stdout).expect("history json").as_array().cloned().expect("array")
     }
 
-    fn gen<'a>(h: &'a [Value], n: u64) -> &'a Value {
+    fn gen(h: &[Value], n: u64) -> &Value {
         h.iter().find(|g| g["generation"] == n).unwrap_or_else(|| panic!("no generation {n} in history {h:#?}"))
     }
 
@@ -274,8 +274,9 @@ fn plan_shows_exact_flow_changes() {
     let no_change = vec!["(no change)".to_string()];
     // (name, new policy text, expected flow lines (given the text), expected nat lines)
     type Lines = Box<dyn Fn(&str) -> Vec<String>>;
+    type Step = (&'static str, fn(&str) -> String, Lines, Vec<String>);
     let mut text = base.clone();
-    let steps: Vec<(&str, fn(&str) -> String, Lines, Vec<String>)> = vec![
+    let steps: Vec<Step> = vec![
         (
             "(a) host added to a group used by an allow rule",
             with_host04,

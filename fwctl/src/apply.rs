@@ -254,6 +254,8 @@ pub fn previous(state: &State, today: Date, caps: Capabilities) -> Result<Option
     Ok(Some(Previous { number: n, meta, loaded, compiled, ruleset }))
 }
 
+// The error is the loaded policy with its diagnostics, for the caller to report.
+#[allow(clippy::result_large_err)]
 pub fn desired(path: &Path, today: Date, caps: Capabilities, prev_alloc: Option<&Allocation>) -> Result<Desired, Loaded> {
     let loaded = crate::check::load(path, today);
     let Some(p) = loaded.policy.as_ref() else { return Err(loaded) };

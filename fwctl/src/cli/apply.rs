@@ -194,23 +194,40 @@ pub fn exec(a: &ApplyArgs) -> u8 {
             }
         }
     }
-    // One transaction: the element delta when only set contents change, else the
-    // whole table. A delta that does not fit the live table fails atomically; then
-    // the whole table is replaced. A change of tunnels only loads nothing.
+    // One transaction: the element delta when only set contents change — written
+    // over netlink in-process, or, if that fails, loaded as an `nft -f` script —
+    // else the whole table. A delta that does not fit the live table fails
+    // atomically; then the whole table is replaced. A change of tunnels only
+    // loads nothing.
+    let delta = match (&prev, &plan.drift) {
+        (Some(_), None) => plan.ruleset.delta(),
+        _ => None,
+    };
     let started = Instant::now();
     let mut how = "full replace";
+    let mut via = "nft";
+    let mut netlink_error = None;
     let mut result = Err(String::new());
     if !plan.ruleset_changes() {
         how = "ruleset unchanged";
+        via = "-";
         result = Ok(());
-    } else if let (Some(pv), None) = (&prev, &plan.drift) {
-        if let Some(delta) = crate::plan::delta::delta(&pv.ruleset, &d.compiled.ruleset) {
-            result = kernel.load(&crate::plan::delta::script(crate::compile::ir::TABLE, &delta)).map_err(|e| e.to_string());
-            how = "element delta";
-        }
+    } else if let Some(delta) = &delta {
+        how = "element delta";
+        result = match kernel.write_elements(crate::compile::ir::TABLE, delta) {
+            Ok(()) => {
+                via = "netlink";
+                Ok(())
+            }
+            Err(e) => {
+                netlink_error = Some(e.to_string());
+                kernel.load(&crate::plan::delta::script(crate::compile::ir::TABLE, delta)).map_err(|e| e.to_string())
+            }
+        };
     }
     if result.is_err() {
         how = "full replace";
+        via = "nft";
         result = kernel.load(&d.script).map_err(|e| e.to_string());
     }
     let took = started.elapsed();
@@ -263,6 +280,8 @@ pub fn exec(a: &ApplyArgs) -> u8 {
         "nat": plan.nat,
         "tunnels": apply::tunnels_json(&synced.done),
         "how": how,
+        "via": via,
+        "netlink_error": netlink_error,
         "kernel_us": took.as_micros() as u64,
         "confirm_seconds": confirm,
     });
@@ -274,11 +293,15 @@ pub fn exec(a: &ApplyArgs) -> u8 {
             eprintln!("warning: {w}");
         }
     }
+    if let Some(e) = &netlink_error {
+        eprintln!("warning: the element delta over netlink failed, applied with nft instead: {e}");
+    }
     if a.out.json {
-        println!("{}", serde_json::json!({"applied": true, "generation": g, "how": how, "kernel_ms": took.as_secs_f64() * 1000.0, "confirm_seconds": confirm, "tunnels": apply::tunnels_json(&synced.done), "plan": plan.json()}));
+        println!("{}", serde_json::json!({"applied": true, "generation": g, "how": how, "via": via, "netlink_error": netlink_error, "kernel_ms": took.as_secs_f64() * 1000.0, "confirm_seconds": confirm, "tunnels": apply::tunnels_json(&synced.done), "plan": plan.json()}));
     } else {
         print!("{}", apply::tunnels_text(&synced.done));
-        println!("applied generation {g} ({how}, kernel transaction {:.1} ms)", took.as_secs_f64() * 1000.0);
+        let how_text = if via == "-" { how.to_string() } else { format!("{how} via {via}") };
+        println!("applied generation {g} ({how_text}, kernel transaction {:.1} ms)", took.as_secs_f64() * 1000.0);
         if confirm > 0 {
             println!("run `fwctl confirm` within {confirm} s, or generation {} is restored automatically", previous.map(|p| p.to_string()).unwrap_or_else(|| "none (no fwctl table)".into()));
         }

@@ -26,7 +26,7 @@ pub fn exec(a: &HistoryArgs) -> u8 {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return EXIT_OK;
     }
-    println!("{:>4}  {:<3} {:<20} {:<9} {:<14} {:<9} {:<24} {}", "gen", "", "time (UTC)", "event", "actor", "git", "reason", "summary");
+    println!("{:>4}  {:<3} {:<20} {:<9} {:<14} {:<9} {:<24} summary", "gen", "", "time (UTC)", "event", "actor", "git", "reason");
     for m in &metas {
         let mark = format!("{}{}{}", if Some(m.number) == cur { "*" } else { " " }, if Some(m.number) == conf { "c" } else { " " }, if Some(m.number) == pend { "?" } else { " " });
         let actor = match &m.actor.sudo_user {

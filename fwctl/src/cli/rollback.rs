@@ -122,7 +122,7 @@ pub fn restore(a: &RestoreArgs) -> u8 {
         Ok(x) => x,
         Err(c) => return c,
     };
-    let Some(target) = state.confirmed().or_else(|| state.numbers().into_iter().filter(|n| Some(*n) <= state.current()).last()) else {
+    let Some(target) = state.confirmed().or_else(|| state.numbers().into_iter().rfind(|n| Some(*n) <= state.current())) else {
         println!("no confirmed generation: nothing to restore");
         return EXIT_OK;
     };

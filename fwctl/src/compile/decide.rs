@@ -329,7 +329,7 @@ impl Classifier {
             }
         }
         iv.clear();
-        events.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        events.sort_unstable_by_key(|a| a.0);
         let mut out: Vec<(T, T, u32)> = vec![];
         let mut active: BTreeSet<usize> = BTreeSet::new();
         let mut hash = 0u128;

@@ -111,7 +111,7 @@ pub fn table(rows: &[(PlannedProbe, Result<Observed, String>)]) -> (String, usiz
     use std::fmt::Write as _;
     let mut out = String::new();
     let mut bad = 0;
-    let _ = writeln!(out, "{:<10} {:<44} {:<52} {:<7} {:<10} {}", "origin", "flow", "packet", "expect", "observed", "");
+    let _ = writeln!(out, "{:<10} {:<44} {:<52} {:<7} {:<10} ", "origin", "flow", "packet", "expect", "observed");
     for (pp, obs) in rows {
         let expect = match pp.expect {
             crate::eval::Verdict::Accept => "allow",

@@ -1,21 +1,41 @@
 //! Ruleset → ruleset difference: the minimal change a machine executes.
 //!
 //! Input: the previous and the desired [`Ruleset`]. Output: a [`Delta`] — set
-//! elements to delete and add, per set — when the two differ only in set
-//! contents; otherwise the chains or set declarations changed and the whole table
+//! elements to delete and add, per set, as nft text and as typed IR elements (for
+//! [`super::nl`]) — when the two differ only in set contents; otherwise the chains or set declarations changed and the whole table
 //! must be replaced (still in one transaction). Also renders the delta as an
 //! `nft -f` script (one transaction) and counts, for the person, what changed.
 //! Must not: touch the kernel.
 
-use crate::compile::ir::{Elem, Ruleset, Set};
+use crate::compile::ir::{Elem, KeyType, Ruleset, Set, SetData};
 use crate::render::nft::elem;
 use std::collections::{BTreeMap, HashSet};
 
+/// One set's change, with two faces: `removed`/`added` as nft writes them (what a
+/// person reads, what the `nft -f` script and the plan JSON carry) and `typed`, the
+/// same elements as IR values (what the netlink writer encodes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SetDelta {
     pub set: String,
+    /// Keys (maps: the key only, as `delete element` wants it).
     pub removed: Vec<String>,
     pub added: Vec<String>,
+    #[serde(skip)]
+    pub typed: TypedSetDelta,
+}
+
+/// The typed face of a [`SetDelta`]: the set's declaration and the elements, in the
+/// same order as the text lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypedSetDelta {
+    pub key: Vec<KeyType>,
+    pub data: Option<SetData>,
+    pub interval: bool,
+    /// The set held no element before the change.
+    pub was_empty: bool,
+    /// Whole elements of the previous ruleset (a writer deletes by key).
+    pub removed: Vec<Elem>,
+    pub added: Vec<Elem>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -44,6 +64,13 @@ pub struct RulesetChange {
     pub elements_only: bool,
 }
 
+impl RulesetChange {
+    /// The element delta, when only set contents differ (as [`delta`] gives it).
+    pub fn delta(&self) -> Option<Delta> {
+        self.elements_only.then(|| Delta { sets: self.sets.clone() })
+    }
+}
+
 fn declaration(s: &Set) -> (&Vec<crate::compile::ir::KeyType>, &Option<crate::compile::ir::SetData>, bool, bool) {
     (&s.key, &s.data, s.interval, s.counter)
 }
@@ -56,11 +83,19 @@ fn key_text(e: &Elem) -> String {
 fn set_delta(old: &Set, new: &Set) -> SetDelta {
     let o: HashSet<String> = old.elements.iter().map(elem).collect();
     let n: HashSet<String> = new.elements.iter().map(elem).collect();
-    let mut removed: Vec<String> = old.elements.iter().filter(|e| !n.contains(&elem(e))).map(key_text).collect();
-    let mut added: Vec<String> = new.elements.iter().map(elem).filter(|e| !o.contains(e)).collect();
-    removed.sort();
-    added.sort();
-    SetDelta { set: new.name.clone(), removed, added }
+    let mut removed: Vec<(String, &Elem)> = old.elements.iter().filter(|e| !n.contains(&elem(e))).map(|e| (key_text(e), e)).collect();
+    let mut added: Vec<(String, &Elem)> = new.elements.iter().map(|e| (elem(e), e)).filter(|(t, _)| !o.contains(t)).collect();
+    removed.sort_by(|a, b| a.0.cmp(&b.0));
+    added.sort_by(|a, b| a.0.cmp(&b.0));
+    let typed = TypedSetDelta {
+        key: new.key.clone(),
+        data: new.data.clone(),
+        interval: new.interval,
+        was_empty: old.elements.is_empty(),
+        removed: removed.iter().map(|(_, e)| (*e).clone()).collect(),
+        added: added.iter().map(|(_, e)| (*e).clone()).collect(),
+    };
+    SetDelta { set: new.name.clone(), removed: removed.into_iter().map(|(t, _)| t).collect(), added: added.into_iter().map(|(t, _)| t).collect(), typed }
 }
 
 pub fn compare(old: &Ruleset, new: &Ruleset) -> RulesetChange {

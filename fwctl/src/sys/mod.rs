@@ -1,6 +1,8 @@
-//! Effects: the only layer that runs programs, touches namespaces, reads the clock.
+//! Effects: the only layer that runs programs, talks netlink, touches namespaces,
+//! reads the clock.
 pub mod caps;
 pub mod clock;
 pub mod netns;
 pub mod nft;
+pub mod nftnl;
 pub mod probe;

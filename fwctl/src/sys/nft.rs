@@ -1,8 +1,10 @@
-//! The kernel, behind a small trait: load an `nft -f` script (one transaction), read
-//! fwctl's table back, list other tables' hooked chains.
+//! The kernel, behind a small trait: load an `nft -f` script (one transaction), write
+//! an element delta (one transaction, over netlink in-process), read fwctl's table
+//! back, list other tables' hooked chains.
 //!
-//! Input: scripts rendered by `render`/`plan`. Output: success, or an error that
-//! keeps the program, arguments, exit status and stderr.
+//! Input: scripts rendered by `render`/`plan`, element deltas from `plan::delta`.
+//! Output: success, or an error that keeps the program, arguments, exit status and
+//! stderr (netlink: the refused command and errno, see [`super::nftnl`]).
 //! Must not: build rules itself.
 
 use std::io::Write;
@@ -33,16 +35,24 @@ impl std::fmt::Display for NftError {
 
 impl std::error::Error for NftError {}
 
+/// A base chain of another table: (family, table, chain, hook, priority).
+pub type ForeignHook = (String, String, String, String, i64);
+
 pub trait Kernel {
     /// Load a script in one transaction: all of it, or nothing.
     fn load(&self, script: &str) -> Result<(), NftError>;
+    /// Apply an element delta to `inet <table>` in one transaction: all of it, or
+    /// nothing. Same effect as loading `plan::delta::script`, without nft's cost
+    /// (nft 1.0.6 reads back every interval set of the table first).
+    fn write_elements(&self, table: &str, delta: &crate::plan::delta::Delta) -> Result<(), super::nftnl::Error>;
     /// `nft -s list table inet fwctl` (stateless: no counters); None if absent.
     fn list_table(&self) -> Result<Option<String>, NftError>;
     /// Base chains of other tables: (family, table, chain, hook, priority).
-    fn foreign_hooks(&self) -> Result<Vec<(String, String, String, String, i64)>, NftError>;
+    fn foreign_hooks(&self) -> Result<Vec<ForeignHook>, NftError>;
 }
 
-/// The `nft` program (path injectable).
+/// The `nft` program (path injectable); element deltas go over netlink from this
+/// process, in the same (current) network namespace as the program runs.
 pub struct NftCli {
     pub program: String,
 }
@@ -73,6 +83,9 @@ impl Kernel for NftCli {
     fn load(&self, script: &str) -> Result<(), NftError> {
         self.run(&["-f", "-"], Some(script)).map(|_| ())
     }
+    fn write_elements(&self, table: &str, delta: &crate::plan::delta::Delta) -> Result<(), super::nftnl::Error> {
+        super::nftnl::write(table, delta).map(drop)
+    }
     fn list_table(&self) -> Result<Option<String>, NftError> {
         match self.run(&["-s", "list", "table", "inet", crate::compile::ir::TABLE], None) {
             Ok(s) => Ok(Some(s)),
@@ -80,7 +93,7 @@ impl Kernel for NftCli {
             Err(e) => Err(e),
         }
     }
-    fn foreign_hooks(&self) -> Result<Vec<(String, String, String, String, i64)>, NftError> {
+    fn foreign_hooks(&self) -> Result<Vec<ForeignHook>, NftError> {
         let text = self.run(&["-j", "list", "chains"], None)?;
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let mut out = vec![];
