@@ -138,6 +138,10 @@ pub struct RunArgs {
     /// Configure the tunnel from this policy once it is up
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// How to schedule the packet thread (realtime: SCHED_FIFO priority 1 where
+    /// the system allows it; see the tunnel's log)
+    #[arg(long, value_enum, default_value_t = userspace::Scheduling::Realtime)]
+    pub scheduling: userspace::Scheduling,
 }
 
 fn code(e: &Error) -> u8 {
@@ -416,7 +420,7 @@ fn run(a: &RunArgs) -> u8 {
     };
     let policy = a.policy.clone();
     let i2 = iface.clone();
-    let r = userspace::run(&iface, move || match &policy {
+    let r = userspace::run(&iface, a.scheduling, move || match &policy {
         Some(p) => ops::initial_sync(p, &i2),
         None => Ok(vec!["no --policy: waiting for configuration through UAPI".into()]),
     });

@@ -25,13 +25,27 @@
 //! `fwctl vpn up` starts it detached when nothing serves the interface, and
 //! otherwise only changes the running tunnel through UAPI.
 //!
-//! Performance settings (see the project's measurements): one worker thread
-//! and no per-peer connected sockets (one flow stays on one thread, and every
-//! UDP socket is the listening one), 16 MiB socket buffers set on the UDP
-//! sockets (boringtun's API has no knob: a watcher thread finds them among the
-//! process's descriptors and sets SO_RCVBUFFORCE/SO_SNDBUFFORCE, also after a
-//! listen-port change reopens them), and the MTU set explicitly by the sync
-//! (boringtun comes up at 1500 and re-reads the MTU every second).
+//! Performance settings (see the project's measurements and
+//! `cargo bench --bench tunnel`): one worker thread and no per-peer connected
+//! sockets (one flow stays on one thread, and every UDP socket is the listening
+//! one), 16 MiB socket buffers set on the UDP sockets (boringtun's API has no
+//! knob: a watcher thread finds them among the process's descriptors and sets
+//! SO_RCVBUFFORCE/SO_SNDBUFFORCE, also after a listen-port change reopens
+//! them), and the MTU set explicitly by the sync (boringtun comes up at 1500
+//! and re-reads the MTU every second).
+//!
+//! Scheduling ([`Scheduling::Realtime`], the default): boringtun's packet
+//! thread runs SCHED_FIFO at priority 1. Under the normal scheduler every
+//! process the thread wakes with a packet (a local receiver, a co-located
+//! peer) preempts it, so it handles one packet per wake-up instead of a batch;
+//! on 2 shared cores that cost 25–65 % of the throughput towards wireguard-go
+//! (docs/performance.md, "VPN tunnel").
+//! Kernel WireGuard's receive path runs in softirq context, above every
+//! process, for the same reason. Guard rails: only with 2 or more CPUs and the
+//! kernel's real-time throttling on (`kernel.sched_rt_runtime_us` ≠ -1, so a
+//! flood cannot take a whole CPU); otherwise, or when the system refuses
+//! (no CAP_SYS_NICE), the tunnel runs normally and says why in its log.
+//! `fwctl vpn run --scheduling normal` opts out.
 
 use super::uapi::Uapi;
 use super::{Error, RUN_DIR};
@@ -48,6 +62,65 @@ use std::time::{Duration, Instant};
 
 /// Socket buffer size for the tunnel's UDP sockets.
 pub const SOCKET_BUFFER: usize = 16 << 20;
+
+/// How the tunnel's packet thread is scheduled (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Scheduling {
+    /// SCHED_FIFO priority 1 for the packet thread, where the guard rails allow it.
+    #[default]
+    Realtime,
+    /// The normal (CFS) scheduler.
+    Normal,
+}
+
+/// Real-time priority of the packet thread: the lowest, above every normal process only.
+pub const REALTIME_PRIORITY: i32 = 1;
+
+/// Whether the packet thread may run real-time on this system: at least 2
+/// CPUs (one stays for everything else) and real-time throttling on
+/// (`rt_runtime_us` from /proc/sys/kernel/sched_rt_runtime_us; -1 means off).
+pub fn realtime_allowed(cpus: usize, rt_runtime_us: Option<i64>) -> Result<(), String> {
+    if cpus < 2 {
+        return Err(format!("{cpus} CPU: a busy real-time thread would leave too little for the rest of the system"));
+    }
+    match rt_runtime_us {
+        None => Err("cannot read kernel.sched_rt_runtime_us".into()),
+        Some(r) if r < 0 => Err("real-time throttling is off (kernel.sched_rt_runtime_us = -1): a flood could take a whole CPU".into()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The thread ids of this process.
+fn thread_ids() -> HashSet<i32> {
+    let Ok(dir) = fs::read_dir("/proc/self/task") else { return HashSet::new() };
+    dir.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect()
+}
+
+/// Applies `mode` to the packet threads `tids` (those boringtun started).
+/// Returns one log line per decision; never fails the tunnel.
+fn schedule_packet_threads(mode: Scheduling, tids: &[i32]) -> Vec<String> {
+    if mode == Scheduling::Normal {
+        return vec!["packet thread: normal scheduling (--scheduling normal)".into()];
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = fs::read_to_string("/proc/sys/kernel/sched_rt_runtime_us").ok().and_then(|s| s.trim().parse().ok());
+    if let Err(why) = realtime_allowed(cpus, rt) {
+        return vec![format!("packet thread: normal scheduling ({why})")];
+    }
+    let param = libc::sched_param { sched_priority: REALTIME_PRIORITY };
+    tids.iter()
+        .map(|&tid| {
+            // SAFETY: a plain system call on a thread id of this process with a
+            // valid, initialised parameter; it changes only that thread's policy.
+            let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) };
+            if rc == 0 {
+                format!("packet thread {tid}: SCHED_FIFO priority {REALTIME_PRIORITY}")
+            } else {
+                format!("packet thread {tid}: normal scheduling (SCHED_FIFO refused: {})", std::io::Error::last_os_error())
+            }
+        })
+        .collect()
+}
 
 /// The device settings: one thread, no connected sockets, one TUN queue.
 pub fn device_config() -> DeviceConfig {
@@ -104,11 +177,12 @@ pub fn tune_udp_sockets(seen: &mut HashSet<String>) -> Vec<String> {
     out
 }
 
-/// Run the tunnel for `iface` in the foreground. `configure` is called once the
+/// Run the tunnel for `iface` in the foreground, its packet thread scheduled
+/// as `scheduling` asks. `configure` is called once the
 /// device serves its socket (the initial sync from the policy); its failure is
 /// reported on stderr and the tunnel keeps running (a supervisor restarting it
 /// would not fix a policy; `fwctl vpn up` will).
-pub fn run(iface: &IfName, configure: impl FnOnce() -> Result<Vec<String>, Error>) -> Result<(), Error> {
+pub fn run(iface: &IfName, scheduling: Scheduling, configure: impl FnOnce() -> Result<Vec<String>, Error>) -> Result<(), Error> {
     let name = iface.as_str();
     if Uapi::new(name).alive() {
         return Err(Error::AlreadyRunning { iface: name.to_string() });
@@ -116,8 +190,15 @@ pub fn run(iface: &IfName, configure: impl FnOnce() -> Result<Vec<String>, Error
     // boringtun blocks SIGTERM/SIGINT in the calling thread (threads made later
     // inherit it) and handles them from its event loop: exit cleanly, remove the
     // socket. So spawn nothing before this point.
+    let before = thread_ids();
     let mut handle = DeviceHandle::new(name, device_config()).map_err(|e| Error::Device { iface: name.to_string(), detail: e.to_string() })?;
     eprintln!("fwctl vpn run {name}: device up, UAPI socket {}", super::uapi::socket_path(name).display());
+    // The threads DeviceHandle::new started are boringtun's event loops.
+    let mut packet_threads: Vec<i32> = thread_ids().difference(&before).copied().collect();
+    packet_threads.sort_unstable();
+    for line in schedule_packet_threads(scheduling, &packet_threads) {
+        eprintln!("fwctl vpn run {name}: {line}");
+    }
     std::thread::Builder::new()
         .name("fwctl-sockbuf".into())
         .spawn(move || {
@@ -204,5 +285,19 @@ impl IfaceLock {
                 Err((_, e)) => return Err(Error::Io { context: format!("lock {}", path.display()), source: e.into() }),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn realtime_needs_two_cpus_and_throttling() {
+        assert!(realtime_allowed(2, Some(950_000)).is_ok());
+        assert!(realtime_allowed(64, Some(0)).is_ok());
+        assert!(realtime_allowed(1, Some(950_000)).unwrap_err().contains("1 CPU"));
+        assert!(realtime_allowed(4, Some(-1)).unwrap_err().contains("throttling is off"));
+        assert!(realtime_allowed(4, None).is_err());
     }
 }
