@@ -58,13 +58,32 @@ fn reference_policy_real_packets_agree_with_the_evaluator() {
     if !privileged_or_skip() {
         return;
     }
-    let p = reference();
-    let compiled = compile(&p, Capabilities { flowtable: false }).expect("compiles");
+    real_packets_agree(&reference(), 150);
+}
+
+/// A generated policy with hundreds of hosts: its address classification takes
+/// the single-address hash maps before the interval maps.
+#[test]
+fn generated_policy_real_packets_agree_with_the_evaluator() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let text = fwctl::gen::policy(&fwctl::gen::Shape::for_rules(300), 7);
+    let loaded = fwctl::check::load_str("generated.toml", &text, TODAY);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diags);
+    let p = loaded.policy.unwrap();
+    let script = fwctl::render::nft::script(&compile(&p, Capabilities { flowtable: false }).expect("compiles").ruleset, "test");
+    assert!(script.contains("meta nfproto ipv4 meta mark set 0xffffffff meta mark set ip saddr map @src4x_0") && script.contains("ct mark 0xffffffff ct mark set ip6 daddr map @dst6_0"), "single-address maps expected");
+    real_packets_agree(&p, 400);
+}
+
+fn real_packets_agree(p: &fwctl::model::Policy, random: usize) {
+    let compiled = compile(p, Capabilities { flowtable: false }).expect("compiles");
     let script = fwctl::render::nft::script(&compiled.ruleset, "test");
-    let mut packets: Vec<_> = plan::lab_packets(&p).into_iter().filter(|(o, _, _)| o.starts_with("test")).collect();
+    let mut packets: Vec<_> = plan::lab_packets(p).into_iter().filter(|(o, _, _)| o.starts_with("test")).collect();
     let tests_total = p.tests.len();
-    packets.extend(random_flows(&p, 150));
-    let plan = plan::plan(&p, packets);
+    packets.extend(random_flows(p, random));
+    let plan = plan::plan(p, packets);
     let mut lab = Lab::new(&unique_prefix("fwr")).expect("lab");
     lab::up(&mut lab, &plan, Some(&script)).expect("lab up");
     let rows = lab::check(&lab, &plan, Duration::from_millis(800));

@@ -99,6 +99,40 @@ struct Builder<'a> {
     notes: Vec<String>,
 }
 
+/// Register value meaning "no class yet": class values never set the zone bits.
+const SENTINEL: u32 = 0xffff_ffff;
+
+/// Below this many single-address elements a family's classification stays one
+/// interval map (a short binary search beats two extra rules and a hash lookup).
+pub const EXACT_MIN: usize = 8;
+
+/// Split a classification (sorted disjoint intervals covering `0..=top`) into its
+/// single addresses and intervals covering the rest: each removed address is
+/// absorbed by its lower neighbour (or the upper one at the bottom), adjacent
+/// intervals of one class merged. Looking the address up in the singles first and
+/// in the intervals on a miss gives the same class as the original. Nothing is
+/// split below [`EXACT_MIN`] singles.
+pub fn split_exact(all: &[(u128, u128, u32)], top: u128) -> (Vec<(u128, u32)>, Vec<(u128, u128, u32)>) {
+    let exact: Vec<(u128, u32)> = all.iter().filter(|r| r.0 == r.1).map(|r| (r.0, r.2)).collect();
+    if exact.len() < EXACT_MIN {
+        return (vec![], all.to_vec());
+    }
+    let kept: Vec<(u128, u128, u32)> = all.iter().filter(|r| r.0 != r.1).copied().collect();
+    if kept.is_empty() {
+        return (exact, vec![(0, top, 0)]);
+    }
+    let mut out: Vec<(u128, u128, u32)> = vec![];
+    for (i, &(lo, _, c)) in kept.iter().enumerate() {
+        let lo = if i == 0 { 0 } else { lo };
+        let hi = if i + 1 == kept.len() { top } else { kept[i + 1].0 - 1 };
+        match out.last_mut() {
+            Some(last) if last.2 == c => last.1 = hi,
+            _ => out.push((lo, hi, c)),
+        }
+    }
+    (exact, out)
+}
+
 fn chain(name: &str, comment: &str, rules: Vec<String>) -> Chain {
     Chain { name: name.into(), base: None, comment: comment.into(), rules }
 }
@@ -151,37 +185,56 @@ impl Builder<'_> {
     }
 
     /// Class maps, deduplicated: contexts with the same classification share a map.
-    fn class_sets(&mut self, side: &str, maps: &[(u8, decide::ClassMap)]) -> Vec<(u8, String, String)> {
+    /// Per context and family: the rules that set `reg` (`meta mark` / `ct mark`)
+    /// to the address's class.
+    fn class_sets(&mut self, side: &str, maps: &[(u8, decide::ClassMap)]) -> Vec<(u8, Vec<String>)> {
         let mut out = vec![];
-        let mut seen: Vec<(&decide::ClassMap, String, String)> = vec![];
+        let mut seen: Vec<(&decide::ClassMap, Vec<String>)> = vec![];
+        let (who, reg, field) = if side == "src" { ("source", "meta mark", "saddr") } else { ("destination", "ct mark", "daddr") };
         for (ctx, m) in maps {
-            if let Some((_, n4, n6)) = seen.iter().find(|(x, _, _)| *x == m) {
-                out.push((*ctx, n4.clone(), n6.clone()));
+            if let Some((_, rules)) = seen.iter().find(|(x, _)| *x == m) {
+                out.push((*ctx, rules.clone()));
                 continue;
             }
             let k = seen.len();
-            let (n4, n6) = (format!("{side}4_{k}"), format!("{side}6_{k}"));
-            let who = if side == "src" { "source" } else { "destination" };
-            self.sets.push(Set {
-                name: n4.clone(),
-                key: vec![KeyType::Ipv4Addr],
-                data: Some(SetData::Mark),
-                interval: true,
-                counter: false,
-                comment: format!("IPv4 {who} address -> class"),
-                elements: m.v4.iter().map(|&(l, h, c)| Elem { key: vec![Val::V4(l, h)], data: Some(Val::Mark(c)), comment: None }).collect(),
-            });
-            self.sets.push(Set {
-                name: n6.clone(),
-                key: vec![KeyType::Ipv6Addr],
-                data: Some(SetData::Mark),
-                interval: true,
-                counter: false,
-                comment: format!("IPv6 {who} address -> class"),
-                elements: m.v6.iter().map(|&(l, h, c)| Elem { key: vec![Val::V6(l, h)], data: Some(Val::Mark(c)), comment: None }).collect(),
-            });
-            seen.push((m, n4.clone(), n6.clone()));
-            out.push((*ctx, n4, n6));
+            let mut rules = vec![];
+            for (fam, nfproto, key, v4) in [("4", "ipv4", KeyType::Ipv4Addr, true), ("6", "ipv6", KeyType::Ipv6Addr, false)] {
+                let elem = |l: u128, h: u128, c: u32| Elem { key: vec![if v4 { Val::V4(l as u32, h as u32) } else { Val::V6(l, h) }], data: Some(Val::Mark(c)), comment: None };
+                let all: Vec<(u128, u128, u32)> = if v4 { m.v4.iter().map(|&(l, h, c)| (l as u128, h as u128, c)).collect() } else { m.v6.clone() };
+                let top = if v4 { u32::MAX as u128 } else { u128::MAX };
+                let (name, xname) = (format!("{side}{fam}_{k}"), format!("{side}{fam}x_{k}"));
+                let ip = if v4 { "ip" } else { "ip6" };
+                let (exact, ranges) = split_exact(&all, top);
+                let intervals = if exact.is_empty() { all } else { ranges };
+                if !exact.is_empty() {
+                    self.sets.push(Set {
+                        name: xname.clone(),
+                        key: vec![key],
+                        data: Some(SetData::Mark),
+                        interval: false,
+                        counter: false,
+                        comment: format!("IPv{fam} {who} single address -> class"),
+                        elements: exact.iter().map(|&(a, c)| elem(a, a, c)).collect(),
+                    });
+                    // Single addresses by hash; the interval map only when that missed
+                    // (the register still holds the sentinel, never a class value).
+                    rules.push(format!("meta nfproto {nfproto} {reg} set 0x{SENTINEL:08x} {reg} set {ip} {field} map @{xname}"));
+                    rules.push(format!("{reg} 0x{SENTINEL:08x} {reg} set {ip} {field} map @{name}"));
+                } else {
+                    rules.push(format!("{reg} set {ip} {field} map @{name}"));
+                }
+                self.sets.push(Set {
+                    name,
+                    key: vec![key],
+                    data: Some(SetData::Mark),
+                    interval: true,
+                    counter: false,
+                    comment: format!("IPv{fam} {who} address -> class"),
+                    elements: intervals.iter().map(|&(l, h, c)| elem(l, h, c)).collect(),
+                });
+            }
+            seen.push((m, rules.clone()));
+            out.push((*ctx, rules));
         }
         out
     }
@@ -276,12 +329,16 @@ impl Builder<'_> {
         let lookups = self.decision_sets(d);
         let (spk, dpk) = (d.src_pack, d.dst_pack);
         let set_src = |ctx: u8| -> Vec<String> {
-            let (_, n4, n6) = src.iter().find(|x| x.0 == ctx).expect("context");
-            vec![format!("meta mark set ip saddr map @{n4}"), format!("meta mark set ip6 saddr map @{n6}"), format!("meta mark set meta mark | 0x{:08x}", spk.zone(ctx))]
+            let (_, rules) = src.iter().find(|x| x.0 == ctx).expect("context");
+            let mut v = rules.clone();
+            v.push(format!("meta mark set meta mark | 0x{:08x}", spk.zone(ctx)));
+            v
         };
         let set_dst = |ctx: u8| -> Vec<String> {
-            let (_, n4, n6) = dst.iter().find(|x| x.0 == ctx).expect("context");
-            vec![format!("ct mark set ip daddr map @{n4}"), format!("ct mark set ip6 daddr map @{n6}"), format!("ct mark set ct mark | 0x{:08x}", dpk.zone(ctx))]
+            let (_, rules) = dst.iter().find(|x| x.0 == ctx).expect("context");
+            let mut v = rules.clone();
+            v.push(format!("ct mark set ct mark | 0x{:08x}", dpk.zone(ctx)));
+            v
         };
         let zone_ctxs: Vec<u8> = decide::contexts(p).into_iter().filter(|c| *c >= 3).collect();
         let devs_of = |ctx: u8| -> Vec<String> { p.zones[(ctx - 3) as usize].ifaces.iter().map(|&i| p.ifaces[i].device.to_string()).collect() };
@@ -442,5 +499,46 @@ impl Builder<'_> {
         self.chains.insert(0, Chain { name: "input".into(), base: base("input"), comment: "traffic to the appliance".into(), rules: input });
         self.chains.insert(1, Chain { name: "forward".into(), base: base("forward"), comment: "traffic crossing the appliance".into(), rules: forward });
         self.chains.insert(2, Chain { name: "output".into(), base: base("output"), comment: "traffic from the appliance".into(), rules: output });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class_at(v: &[(u128, u128, u32)], x: u128) -> u32 {
+        v.iter().find(|r| r.0 <= x && x <= r.1).map(|r| r.2).expect("covering")
+    }
+
+    /// Random covering classifications of a small space: singles first, then the
+    /// intervals, give every address its original class.
+    #[test]
+    fn split_exact_keeps_every_address_class() {
+        let mut rng = crate::gen::Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..2000 {
+            let top = 63u128;
+            let mut all = vec![];
+            let mut lo = 0u128;
+            while lo <= top {
+                let len = if rng.chance(60) { 1 } else { 1 + rng.below(6) as u128 };
+                let hi = (lo + len - 1).min(top);
+                all.push((lo, hi, rng.below(4) as u32));
+                lo = hi + 1;
+            }
+            let (exact, ranges) = split_exact(&all, top);
+            let singles = all.iter().filter(|r| r.0 == r.1).count();
+            if singles < EXACT_MIN {
+                assert!(exact.is_empty() && ranges == all);
+                continue;
+            }
+            assert_eq!(exact.len(), singles);
+            assert_eq!(ranges.first().unwrap().0, 0);
+            assert_eq!(ranges.last().unwrap().1, top);
+            assert!(ranges.windows(2).all(|w| w[0].1 + 1 == w[1].0 && w[0].2 != w[1].2), "disjoint, adjacent, merged: {ranges:?}");
+            for x in 0..=top {
+                let got = exact.iter().find(|e| e.0 == x).map(|e| e.1).unwrap_or_else(|| class_at(&ranges, x));
+                assert_eq!(got, class_at(&all, x), "address {x} in {all:?}");
+            }
+        }
     }
 }
