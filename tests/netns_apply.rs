@@ -232,16 +232,21 @@ impl Env {
 
 /// An `nft` that sleeps 1 s before the first `-s list` after each successful load
 /// (fwctl reads the table back right after changing it).
-fn slow_readback_nft(dir: &Path) -> PathBuf {
+/// An `nft` wrapper whose read-back of fwctl's table takes 1 s whenever the table
+/// differs from `base` (i.e. after the apply changed it, whether by `nft -f` or by
+/// a netlink element delta, which does not go through this program).
+fn slow_readback_nft(dir: &Path, base: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = dir.join("slow-nft");
+    std::fs::write(dir.join("nft-base"), base).expect("write base listing");
     let script = r#"#!/bin/sh
-m="$(dirname "$0")/nft-loaded"
-if [ "$1" = "-s" ] && [ "$2" = "list" ] && [ -e "$m" ]; then rm -f "$m"; sleep 1; fi
-nft "$@"
-rc=$?
-if [ "$1" = "-f" ] && [ $rc -eq 0 ]; then : > "$m"; fi
-exit $rc
+if [ "$1" = "-s" ] && [ "$2" = "list" ]; then
+    out="$(nft "$@")"; rc=$?
+    [ "$out" != "$(cat "$(dirname "$0")/nft-base")" ] && sleep 1
+    [ $rc -eq 0 ] && printf '%s\n' "$out"
+    exit $rc
+fi
+exec nft "$@"
 "#;
     std::fs::write(&p, script).expect("write nft wrapper");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -384,10 +389,11 @@ fn confirm_window_rolls_back_when_not_confirmed() {
     assert_eq!(pl.code, Some(0), "plan of the base after the rollback:\n{pl}");
 
     // 2. The applying process is killed right after the kernel change. Its nft is
-    // a wrapper that makes the read-back after a load take 1 s, so that the kill
-    // always lands after the kernel change and before the bookkeeping.
+    // a wrapper that makes the read-back of a changed table take 1 s (the change
+    // itself goes over netlink), so that the kill always lands after the kernel
+    // change and before the bookkeeping.
     let e2 = env.policy("edit2", &with_http(&base));
-    let nft = slow_readback_nft(&env.dir);
+    let nft = slow_readback_nft(&env.dir, &l1);
     let t0 = Instant::now();
     let child = env.cmd(&["apply", e2.to_str().unwrap(), "--yes", "--confirm", "3", "--nft", nft.to_str().unwrap(), "--state-dir", env.state().to_str().unwrap()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn apply");
     let mut child = Reap(Some(child));
