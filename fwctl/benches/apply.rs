@@ -57,17 +57,13 @@ const MOVED_HOST: usize = 17;
 const CAPS: Capabilities = Capabilities { flowtable: false };
 const TARGET_MS: f64 = 50.0;
 
-type R<T> = Result<T, String>;
+#[path = "common/harness.rs"]
+mod harness;
+#[allow(unused_imports)]
+use harness::{env_num, R};
 
 fn main() {
-    if let Err(reason) = fwctl::sys::netns::prerequisites() {
-        println!("skipped: {reason}");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("apply bench failed: {e}");
-        std::process::exit(1);
-    }
+    harness::main("apply", fwctl::sys::netns::prerequisites, run);
 }
 
 // ---------------------------------------------------------------------------

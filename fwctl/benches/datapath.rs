@@ -57,24 +57,14 @@ const SRC_COUNT: u64 = 241;
 const PORT_FIRST: u64 = 1024;
 const PORT_COUNT: u64 = 65536 - PORT_FIRST;
 
-type R<T> = Result<T, String>;
+#[path = "common/harness.rs"]
+mod harness;
+#[allow(unused_imports)]
+use harness::{env_num, R};
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
-    if let Err(reason) = prerequisites() {
-        println!("skipped: {reason}");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("datapath bench failed: {e}");
-        std::process::exit(1);
-    }
+    harness::main("datapath", prerequisites, run);
 }
 
 fn prerequisites() -> R<()> {

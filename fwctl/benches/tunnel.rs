@@ -49,24 +49,14 @@ const LAP_LINK: &str = "198.51.100.2";
 const MTU: &str = "1420";
 const IPERF_PORT: &str = "5201";
 
-type R<T> = Result<T, String>;
+#[path = "common/harness.rs"]
+mod harness;
+#[allow(unused_imports)]
+use harness::{env_num, R};
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
-    if let Err(reason) = prerequisites() {
-        println!("skipped: {reason}");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("tunnel bench failed: {e}");
-        std::process::exit(1);
-    }
+    harness::main("tunnel", prerequisites, run);
 }
 
 fn prerequisites() -> R<()> {

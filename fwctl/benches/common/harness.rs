@@ -1,0 +1,21 @@
+//! What every privileged benchmark does around its run: check prerequisites
+//! ("skipped: …" and exit 0 when missing), run, exit 1 on failure; numeric knobs.
+
+pub type R<T> = Result<T, String>;
+
+/// A numeric knob from the environment, or its default.
+#[allow(dead_code)]
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+pub fn main(name: &str, prerequisites: fn() -> R<()>, run: fn() -> R<()>) {
+    if let Err(reason) = prerequisites() {
+        println!("skipped: {reason}");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("{name} bench failed: {e}");
+        std::process::exit(1);
+    }
+}
