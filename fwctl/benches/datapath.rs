@@ -60,7 +60,7 @@ const PORT_COUNT: u64 = 65536 - PORT_FIRST;
 #[path = "common/harness.rs"]
 mod harness;
 #[allow(unused_imports)]
-use harness::{env_num, R};
+use harness::{env_num, median, R};
 
 
 fn main() {
@@ -670,19 +670,6 @@ struct Results {
     kernel: Option<(usize, usize)>,
 }
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
 
 fn run() -> R<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;

@@ -52,7 +52,7 @@ const IPERF_PORT: &str = "5201";
 #[path = "common/harness.rs"]
 mod harness;
 #[allow(unused_imports)]
-use harness::{env_num, R};
+use harness::{env_num, median, R};
 
 
 fn main() {
@@ -745,19 +745,6 @@ fn measure(
     Err(format!("iperf3 through {} failed 3 times: {last}", c.name))
 }
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The run

@@ -19,3 +19,19 @@ pub fn main(name: &str, prerequisites: fn() -> R<()>, run: fn() -> R<()>) {
         std::process::exit(1);
     }
 }
+
+/// The median (NaN for none).
+#[allow(dead_code)]
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
