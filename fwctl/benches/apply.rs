@@ -59,8 +59,7 @@ const TARGET_MS: f64 = 50.0;
 
 #[path = "common/harness.rs"]
 mod harness;
-#[allow(unused_imports)]
-use harness::{env_num, R};
+use harness::R;
 
 fn main() {
     harness::main("apply", fwctl::sys::netns::prerequisites, run);

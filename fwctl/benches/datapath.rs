@@ -59,9 +59,7 @@ const PORT_COUNT: u64 = 65536 - PORT_FIRST;
 
 #[path = "common/harness.rs"]
 mod harness;
-#[allow(unused_imports)]
 use harness::{env_num, median, R};
-
 
 fn main() {
     harness::main("datapath", prerequisites, run);

@@ -51,9 +51,7 @@ const IPERF_PORT: &str = "5201";
 
 #[path = "common/harness.rs"]
 mod harness;
-#[allow(unused_imports)]
 use harness::{env_num, median, R};
-
 
 fn main() {
     harness::main("tunnel", prerequisites, run);
