@@ -204,8 +204,7 @@ impl Builder<'_> {
                 let top = if v4 { u32::MAX as u128 } else { u128::MAX };
                 let (name, xname) = (format!("{side}{fam}_{k}"), format!("{side}{fam}x_{k}"));
                 let ip = if v4 { "ip" } else { "ip6" };
-                let (exact, ranges) = split_exact(&all, top);
-                let intervals = if exact.is_empty() { all } else { ranges };
+                let (exact, intervals) = split_exact(&all, top);
                 if !exact.is_empty() {
                     self.sets.push(Set {
                         name: xname.clone(),
