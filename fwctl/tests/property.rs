@@ -159,3 +159,84 @@ fn compiled_structure_agrees_with_reference_evaluator() {
     // Both outcomes must be well represented, or the property proves little.
     assert!(accepted * 10 > checked && accepted * 10 < checked * 9, "accepted {accepted} of {checked}");
 }
+
+/// `before` address-only zones, then the interface zones `internet` (no networks),
+/// `lan` and `dmz`: their zone indexes are `before`, `before + 1`, `before + 2`.
+fn zones_after(before: usize) -> String {
+    let mut t = String::from("[firewall]\nname = \"many\"\ndefault = \"drop\"\n");
+    for i in 0..before {
+        let _ = writeln!(t, "[zones.a{i}]\nnetworks = [\"10.{}.{}.0/24\"]", i / 256, i % 256);
+    }
+    t.push_str(
+        "[zones.internet]\n[zones.lan]\nnetworks = [\"192.0.2.0/24\"]\n[zones.dmz]\nnetworks = [\"198.51.100.0/24\"]\n\
+         [interfaces.wan]\ndevice = \"eth0\"\nzone = \"internet\"\n\
+         [interfaces.lan]\ndevice = \"eth1\"\nzone = \"lan\"\n\
+         [interfaces.dmz]\ndevice = \"eth2\"\nzone = \"dmz\"\n",
+    );
+    let last = before.saturating_sub(1);
+    let addr_zone = if before > 0 { format!("\"a{last}\"") } else { "\"10.0.0.0/24\"".into() };
+    let _ = write!(
+        t,
+        "[[rules]]\nname = \"ssh-by-address\"\nfrom = [\"0.0.0.0/0\", \"::/0\"]\nto = \"self\"\nallow = [\"ssh\"]\n\
+         [[rules]]\nname = \"no-ssh-from-internet\"\nfrom = \"internet\"\nto = \"self\"\ndeny = [\"ssh\"]\n\
+         [[rules]]\nname = \"lan-out\"\nfrom = \"lan\"\nto = \"internet\"\nallow = [\"https\"]\n\
+         [[rules]]\nname = \"web\"\nfrom = \"any\"\nto = \"dmz\"\nallow = [\"http\"]\n\
+         [[rules]]\nname = \"no-web-from-internet\"\nfrom = \"internet\"\nto = \"dmz\"\ndeny = [\"http\"]\n\
+         [[rules]]\nname = \"customer-dns\"\nfrom = {addr_zone}\nto = \"dmz\"\nallow = [\"dns\"]\n\
+         [[rules]]\nname = \"dmz-ping\"\nfrom = \"dmz\"\nto = [\"lan\", \"self\"]\nallow = [\"ping\"]\n"
+    );
+    t
+}
+
+/// Every hook × device × address × service combination of [`zones_after`]'s policy.
+fn zone_grid(before: usize) -> Vec<Packet> {
+    let devs = [None, Some("eth0"), Some("eth1"), Some("eth2"), Some("unknown0"), Some("lo")];
+    let last = before.saturating_sub(1);
+    let customer = format!("10.{}.{}.9", last / 256, last % 256);
+    let addrs: Vec<IpAddr> = ["203.0.113.5", "192.0.2.10", "198.51.100.10", customer.as_str()].iter().map(|a| a.parse().unwrap()).collect();
+    let services = [(Proto::Tcp, 22u16), (Proto::Tcp, 443), (Proto::Tcp, 80), (Proto::Udp, 53), (Proto::Icmp, 8)];
+    let mut out = vec![];
+    for hook in [Hook::Input, Hook::Forward, Hook::Output] {
+        for iif in devs {
+            for oif in devs {
+                if (hook == Hook::Output) != iif.is_none() || (hook == Hook::Input) != oif.is_none() {
+                    continue;
+                }
+                for &src in &addrs {
+                    for &dst in &addrs {
+                        for &(proto, port) in &services {
+                            out.push(Packet { hook, iif: iif.map(String::from), oif: oif.map(String::from), src, dst, proto, port });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Issue 9: zone context ids were a `u8` (`3 + zone index`), so an interface zone
+/// declared after 252 others wrapped onto the id of the appliance, of "other" or of
+/// another zone, and every rule side naming it compiled to nothing: the zone-based
+/// deny of SSH from the internet vanished while the address-based allow stayed.
+/// For interface zones at every position around and past the old width, the
+/// compiled structure must give the evaluator's verdict on every packet.
+#[test]
+fn interface_zones_declared_after_252_others_keep_their_rules() {
+    let today = Date { year: 2026, month: 11, day: 23 };
+    for before in [0, 249, 250, 252, 253, 254, 255, 256, 300, 509, 1000] {
+        let text = zones_after(before);
+        let loaded = load_str("many.toml", &text, today);
+        assert!(!loaded.has_errors(), "{before} zones before: {:?}", loaded.diags);
+        let p = loaded.policy.unwrap();
+        let compiled = compile(&p, Capabilities { flowtable: false }).expect("compiles");
+        let sim = Sim::new(&compiled.decision);
+        for pkt in zone_grid(before) {
+            let (want, got) = (evaluate(&p, &pkt), sim.run(&p, &pkt));
+            assert_eq!(got.verdict, want.verdict, "{before} zones before: {pkt:?}\nreference: {want:?}\ncompiled: {got:?}");
+        }
+        // The case the issue reports: SSH from the internet to the appliance.
+        let ssh = Packet { hook: Hook::Input, iif: Some("eth0".into()), oif: None, src: "203.0.113.5".parse().unwrap(), dst: "192.0.2.1".parse().unwrap(), proto: Proto::Tcp, port: 22 };
+        assert_eq!(sim.run(&p, &ssh).verdict, Verdict::Drop, "{before} zones before: denied SSH from the internet gets through");
+    }
+}

@@ -13,7 +13,9 @@
 //! family contain it (its *signature*). Keeping families apart stops host-level
 //! rules from splitting groups into many classes (which would multiply every
 //! group-to-group rule). One 32-bit mark carries, in separate bit fields, the
-//! context id, the coarse class and the fine class. A rule becomes cells keyed by
+//! context id, the coarse class and the fine class; each field is as wide as its
+//! largest value needs, and a policy whose fields do not fit 32 bits is refused
+//! ([`MarkOverflow`]), never truncated. A rule becomes cells keyed by
 //! one field on each side — nine layer kinds per action, only the non-empty ones
 //! emitted. Deny layers are looked up first, then allow layers: the first hit
 //! decides, which is exactly "allowed iff some allow matches and no deny does".
@@ -23,14 +25,28 @@ use crate::model::addr::AddrSet;
 use crate::model::{Action, Policy, Proto, RuleId, ServiceSet, Side};
 use std::collections::{BTreeSet, HashMap};
 
-pub const LOCAL: u8 = 1;
-pub const OTHER: u8 = 2;
+/// A packet's context id: [`LOCAL`], [`OTHER`], or [`zone_ctx`] of an interface zone.
+/// As wide as the mark it is packed into: any number of zones gets distinct ids.
+pub type Ctx = u32;
+
+pub const LOCAL: Ctx = 1;
+pub const OTHER: Ctx = 2;
+/// The context id of the first zone (zone index 0).
+const FIRST_ZONE: Ctx = 3;
 
 /// Port ranges narrower than this are expanded into exact elements.
 pub const EXPAND_PORTS: u32 = 64;
 
-pub fn zone_ctx(zone: usize) -> u8 {
-    3 + zone as u8
+/// The context id of the zone with index `zone`: `3 + zone`. An index whose id
+/// would not fit a [`Ctx`] maps to `Ctx::MAX`, which [`build`] refuses (with the
+/// zone's location) before any id is used, so ids of a compiled policy are exact.
+pub fn zone_ctx(zone: usize) -> Ctx {
+    Ctx::try_from(zone).ok().and_then(|z| z.checked_add(FIRST_ZONE)).unwrap_or(Ctx::MAX)
+}
+
+/// The zone index of a zone context id (`None` for [`LOCAL`] and [`OTHER`]).
+pub fn ctx_zone(ctx: Ctx) -> Option<usize> {
+    ctx.checked_sub(FIRST_ZONE).and_then(|z| usize::try_from(z).ok())
 }
 
 pub fn proto_num(p: Proto) -> u8 {
@@ -99,8 +115,8 @@ impl Packing {
     pub fn put(&self, k: KeyKind, v: u32) -> u32 {
         v << self.shift(k)
     }
-    pub fn zone(&self, ctx: u8) -> u32 {
-        self.put(KeyKind::Zone, u32::from(ctx))
+    pub fn zone(&self, ctx: Ctx) -> u32 {
+        self.put(KeyKind::Zone, ctx)
     }
 }
 
@@ -175,9 +191,9 @@ impl Layer {
 #[derive(Clone, Debug, Default)]
 pub struct Decision {
     /// Context id → source class map (input/forward contexts and LOCAL for output).
-    pub src: Vec<(u8, ClassMap)>,
+    pub src: Vec<(Ctx, ClassMap)>,
     /// Context id → destination class map.
-    pub dst: Vec<(u8, ClassMap)>,
+    pub dst: Vec<(Ctx, ClassMap)>,
     /// Deny layers first, then allow layers; empty layers are left out.
     pub layers: Vec<Layer>,
     pub src_classes: usize,
@@ -191,10 +207,10 @@ pub struct Decision {
 }
 
 impl Decision {
-    pub fn src_map(&self, ctx: u8) -> &ClassMap {
+    pub fn src_map(&self, ctx: Ctx) -> &ClassMap {
         &self.src.iter().find(|(c, _)| *c == ctx).expect("every context has a map").1
     }
-    pub fn dst_map(&self, ctx: u8) -> &ClassMap {
+    pub fn dst_map(&self, ctx: Ctx) -> &ClassMap {
         &self.dst.iter().find(|(c, _)| *c == ctx).expect("every context has a map").1
     }
 }
@@ -212,10 +228,9 @@ impl Terms {
     }
 }
 
-fn terms_in(p: &Policy, s: &Side, ctx: u8) -> Terms {
+fn terms_in(p: &Policy, s: &Side, ctx: Ctx) -> Terms {
     let mut t = Terms { broad: s.any || (ctx == LOCAL && s.self_), coarse: s.coarse.clone(), fine: s.fine.clone() };
-    if ctx >= 3 {
-        let z = (ctx - 3) as usize;
+    if let Some(z) = ctx_zone(ctx) {
         if s.zones.contains(&z) {
             match &p.zones[z].networks {
                 None => t.broad = true,
@@ -352,7 +367,9 @@ impl Classifier {
             let class = match self.ids.get(&hash) {
                 Some(&c) => c,
                 None => {
-                    let c = self.ids.len() as u32;
+                    // More than u32::MAX classes cannot be packed: the saturated id
+                    // needs all 32 bits, which `build` refuses (MarkOverflow).
+                    let c = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
                     self.ids.insert(hash, c);
                     for &r in &active {
                         self.of_rule[r].push(c);
@@ -415,7 +432,7 @@ fn atoms<T: crate::model::addr::Point>(items: &[(T, T, RuleId)]) -> Vec<(T, T, R
 }
 
 /// The contexts of each side: LOCAL, OTHER, then one per zone that has interfaces.
-pub fn contexts(p: &Policy) -> Vec<u8> {
+pub fn contexts(p: &Policy) -> Vec<Ctx> {
     let mut v = vec![LOCAL, OTHER];
     v.extend(p.zones.iter().enumerate().filter(|(_, z)| !z.ifaces.is_empty()).map(|(i, _)| zone_ctx(i)));
     v
@@ -449,19 +466,37 @@ type FamilyMaps = (Vec<(u32, u32, u32)>, Vec<(u128, u128, u32)>);
 struct SideClasses {
     coarse: Classifier,
     fine: Classifier,
-    zones: Vec<Vec<u8>>,
-    per_ctx: Vec<(u8, FamilyMaps, FamilyMaps)>,
+    zones: Vec<Vec<Ctx>>,
+    per_ctx: Vec<(Ctx, FamilyMaps, FamilyMaps)>,
 }
 
-/// More classes than fit the 32-bit mark next to the context id.
-#[derive(Debug)]
-pub struct TooManyClasses {
+/// One side's fields (context id, coarse class, fine class) need more than the 32
+/// bits of its mark (`meta mark` for the source, `ct mark` for the destination).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkOverflow {
+    /// `true`: the source side (`meta mark`); `false`: the destination (`ct mark`).
+    pub src: bool,
+    pub zone_bits: u32,
+    pub coarse_bits: u32,
+    pub fine_bits: u32,
+    /// Number of coarse and fine classes on that side (class 0 included).
     pub coarse: usize,
     pub fine: usize,
+    /// The interface zone with the highest context id (what sets `zone_bits`):
+    /// its name, declaration and id.
+    pub zone: Option<(String, crate::diag::Span, Ctx)>,
 }
 
-pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, TooManyClasses> {
+impl MarkOverflow {
+    pub fn total_bits(&self) -> u32 {
+        self.zone_bits + self.coarse_bits + self.fine_bits
+    }
+}
+
+pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, MarkOverflow> {
     let ctxs = contexts(p);
+    // The interface zone with the highest id decides the width of the zone field.
+    let last_zone = p.zones.iter().rposition(|z| !z.ifaces.is_empty());
     let rules: Vec<RuleId> = (0..p.rules.len()).filter(|&r| p.rules[r].active()).collect();
     let n = p.rules.len();
     let keys: Vec<u128> = p.rules.iter().map(|r| rule_key(&r.name)).collect();
@@ -517,19 +552,32 @@ pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, TooManyC
             }
         }
     }
-    let zone_bits = bits_for(u64::from(*ctxs.iter().max().expect("contexts")));
+    // The zone field holds the largest context id exactly: a zone index whose id
+    // does not fit a `Ctx` got `Ctx::MAX` from `zone_ctx`, whose 32 bits leave no
+    // room for the other fields, so it is refused below like any other overflow.
+    let max_ctx = last_zone.map_or(OTHER, zone_ctx);
+    let zone_bits = bits_for(u64::from(max_ctx));
     let pack = |si: usize| Packing {
         fine_bits: bits_for(u64::from(max_ids[si][1])),
         coarse_bits: bits_for(u64::from(max_ids[si][0])),
         zone_bits,
     };
     let packs = [pack(0), pack(1)];
-    for (sc, pk) in sides.iter().zip(&packs) {
-        if pk.fine_bits + pk.coarse_bits + pk.zone_bits > 32 {
-            return Err(TooManyClasses { coarse: sc.coarse.ids.len(), fine: sc.fine.ids.len() });
+    for (si, (sc, pk)) in sides.iter().zip(&packs).enumerate() {
+        // A zone id of `Ctx::MAX` is saturated (see `zone_ctx`), never a real id.
+        if pk.fine_bits + pk.coarse_bits + pk.zone_bits > 32 || max_ctx == Ctx::MAX {
+            return Err(MarkOverflow {
+                src: si == 0,
+                zone_bits: pk.zone_bits,
+                coarse_bits: pk.coarse_bits,
+                fine_bits: pk.fine_bits,
+                coarse: sc.coarse.ids.len(),
+                fine: sc.fine.ids.len(),
+                zone: last_zone.map(|z| (p.zones[z].name.clone(), p.zones[z].span, zone_ctx(z))),
+            });
         }
     }
-    let maps: Vec<Vec<(u8, ClassMap)>> = sides
+    let maps: Vec<Vec<(Ctx, ClassMap)>> = sides
         .iter()
         .zip(&packs)
         .map(|(sc, pk)| {
@@ -546,7 +594,7 @@ pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, TooManyC
     let mut cell_list: Vec<((bool, KeyKind, KeyKind, u32, u32), RuleId)> = vec![];
     for &r in &rules {
         let rule = &p.rules[r];
-        let keys = |sc: &SideClasses, pk: &Packing| -> Vec<(KeyKind, u32, Option<u8>)> {
+        let keys = |sc: &SideClasses, pk: &Packing| -> Vec<(KeyKind, u32, Option<Ctx>)> {
             sc.zones[r]
                 .iter()
                 .map(|&c| (KeyKind::Zone, pk.zone(c), Some(c)))
@@ -632,7 +680,7 @@ pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, TooManyC
         }
     }
     layers.retain(|l| !l.is_empty());
-    let [src_maps, dst_maps]: [Vec<(u8, ClassMap)>; 2] = maps.try_into().expect("two sides");
+    let [src_maps, dst_maps]: [Vec<(Ctx, ClassMap)>; 2] = maps.try_into().expect("two sides");
     Ok(Decision {
         src: src_maps,
         dst: dst_maps,

@@ -13,7 +13,7 @@ pub mod nat;
 pub mod sim;
 
 use crate::model::{Action, DefaultVerdict, Offload, Policy, RuleId};
-use decide::{Decision, KeyKind, LOCAL, OTHER};
+use decide::{Ctx, Decision, KeyKind, LOCAL, OTHER};
 use ir::*;
 
 /// What the running kernel can do (flowtable offload is optional in kernels).
@@ -28,8 +28,8 @@ pub enum CompileError {
     FlowtableRequired,
     /// A NAT conflict or limit (message says which), and where.
     Nat(String, Option<crate::diag::Span>),
-    /// More address classes than the 24-bit class field holds.
-    TooManyClasses(usize),
+    /// A side's context id and address classes need more than its 32-bit mark.
+    TooManyClasses(decide::MarkOverflow),
 }
 
 impl std::fmt::Display for CompileError {
@@ -40,7 +40,17 @@ impl std::fmt::Display for CompileError {
                 "firewall.offload.flowtable = \"required\", but this kernel has no flowtable support (NF_FLOW_TABLE); use \"auto\" to run without offload"
             ),
             CompileError::Nat(m, _) => write!(f, "{m}"),
-            CompileError::TooManyClasses(n) => write!(f, "the policy needs {n} address classes on one side: more than fit a 32-bit mark next to the zone id"),
+            CompileError::TooManyClasses(m) => write!(
+                f,
+                "the {} mark does not fit 32 bits: the zone id needs {} bits, {} group classes {} bits and {} host classes {} bits ({} in all)",
+                if m.src { "source" } else { "destination" },
+                m.zone_bits,
+                m.coarse,
+                m.coarse_bits,
+                m.fine,
+                m.fine_bits,
+                m.total_bits()
+            ),
         }
     }
 }
@@ -53,6 +63,12 @@ impl CompileError {
         let d = crate::diag::Diagnostic::error("compile", self.to_string());
         match self {
             CompileError::Nat(_, Some(span)) => d.at(*span, "here"),
+            CompileError::TooManyClasses(m) => match &m.zone {
+                Some((name, span, ctx)) => d
+                    .at(*span, format!("zone `{name}` has id {ctx}: the last zone with interfaces sets the width of the zone id"))
+                    .note("zone ids follow the order of declaration (files in sorted order); declaring the zones that have interfaces before address-only zones makes the zone id narrower"),
+                None => d,
+            },
             _ => d,
         }
     }
@@ -73,7 +89,7 @@ pub fn compile(p: &Policy, caps: Capabilities) -> Result<Compiled, CompileError>
 /// Compile, keeping the class ids of a previous compilation where signatures are
 /// unchanged (so that a small policy change is a small set-element change).
 pub fn compile_with(p: &Policy, caps: Capabilities, prev: Option<&decide::Allocation>) -> Result<Compiled, CompileError> {
-    let decision = decide::build(p, prev).map_err(|e| CompileError::TooManyClasses(e.coarse + e.fine))?;
+    let decision = decide::build(p, prev).map_err(CompileError::TooManyClasses)?;
     let mut b = Builder { p, sets: vec![], chains: vec![], notes: vec![] };
     let flowtable = b.flowtable(caps)?;
     b.filter(&decision, flowtable.is_some());
@@ -176,18 +192,18 @@ impl Builder<'_> {
         }
     }
 
-    fn ctx_name(&self, ctx: u8) -> String {
-        match ctx {
-            LOCAL => "self".into(),
-            OTHER => "an undeclared interface".into(),
-            z => format!("zone {}", self.p.zones[(z - 3) as usize].name),
+    fn ctx_name(&self, ctx: Ctx) -> String {
+        match (ctx, decide::ctx_zone(ctx).and_then(|z| self.p.zones.get(z))) {
+            (LOCAL, _) => "self".into(),
+            (_, Some(z)) => format!("zone {}", z.name),
+            _ => "an undeclared interface".into(),
         }
     }
 
     /// Class maps, deduplicated: contexts with the same classification share a map.
     /// Per context and family: the rules that set `reg` (`meta mark` / `ct mark`)
     /// to the address's class.
-    fn class_sets(&mut self, side: &str, maps: &[(u8, decide::ClassMap)]) -> Vec<(u8, Vec<String>)> {
+    fn class_sets(&mut self, side: &str, maps: &[(Ctx, decide::ClassMap)]) -> Vec<(Ctx, Vec<String>)> {
         let mut out = vec![];
         let mut seen: Vec<(&decide::ClassMap, Vec<String>)> = vec![];
         let (who, reg, field) = if side == "src" { ("source", "meta mark", "saddr") } else { ("destination", "ct mark", "daddr") };
@@ -327,20 +343,23 @@ impl Builder<'_> {
         let dst = self.class_sets("dst", &d.dst);
         let lookups = self.decision_sets(d);
         let (spk, dpk) = (d.src_pack, d.dst_pack);
-        let set_src = |ctx: u8| -> Vec<String> {
+        let set_src = |ctx: Ctx| -> Vec<String> {
             let (_, rules) = src.iter().find(|x| x.0 == ctx).expect("context");
             let mut v = rules.clone();
             v.push(format!("meta mark set meta mark | 0x{:08x}", spk.zone(ctx)));
             v
         };
-        let set_dst = |ctx: u8| -> Vec<String> {
+        let set_dst = |ctx: Ctx| -> Vec<String> {
             let (_, rules) = dst.iter().find(|x| x.0 == ctx).expect("context");
             let mut v = rules.clone();
             v.push(format!("ct mark set ct mark | 0x{:08x}", dpk.zone(ctx)));
             v
         };
-        let zone_ctxs: Vec<u8> = decide::contexts(p).into_iter().filter(|c| *c >= 3).collect();
-        let devs_of = |ctx: u8| -> Vec<String> { p.zones[(ctx - 3) as usize].ifaces.iter().map(|&i| p.ifaces[i].device.to_string()).collect() };
+        let zone_ctxs: Vec<Ctx> = decide::contexts(p).into_iter().filter(|&c| decide::ctx_zone(c).is_some()).collect();
+        let devs_of = |ctx: Ctx| -> Vec<String> {
+            let zone = decide::ctx_zone(ctx).and_then(|z| p.zones.get(z));
+            zone.map(|z| z.ifaces.iter().map(|&i| p.ifaces[i].device.to_string()).collect()).unwrap_or_default()
+        };
 
         // The decision: deny layers, then allow layers; falling off the end returns.
         self.chains.push(chain("decide", "new connections: deny maps first, then allow maps", lookups));

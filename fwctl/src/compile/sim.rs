@@ -7,7 +7,7 @@
 //! packets; kernel tests then check the rendering with real packets.
 //! Must not: consult the policy's rules (only interfaces, zones and default).
 
-use super::decide::{proto_num, Decision, LOCAL, OTHER};
+use super::decide::{proto_num, Ctx, Decision, LOCAL, OTHER};
 use crate::eval::{is_essential_icmp, Hook, Packet, Verdict};
 use crate::model::{Action, DefaultVerdict, Policy, Proto, RuleId};
 use std::collections::HashMap;
@@ -75,7 +75,7 @@ impl<'a> Sim<'a> {
         if pkt.hook == Hook::Output && !self.d.output_relevant {
             return done(Verdict::Accept, vec![], None);
         }
-        let ctx_of = |dev: &Option<String>| -> u8 {
+        let ctx_of = |dev: &Option<String>| -> Ctx {
             dev.as_deref().and_then(|d| p.zone_of_device(d)).map(super::decide::zone_ctx).unwrap_or(OTHER)
         };
         let (sctx, dctx) = match pkt.hook {

@@ -10,7 +10,7 @@
 //! through both compiled structures ([`Sim`]), so the answer is exact.
 //! Must not: touch the kernel, or describe a change it did not compute.
 
-use crate::compile::decide::{zone_ctx, ClassMap, Decision, LOCAL, OTHER};
+use crate::compile::decide::{ctx_zone, zone_ctx, ClassMap, Ctx, Decision, LOCAL, OTHER};
 use crate::compile::sim::Sim;
 use crate::diag::SourceMap;
 use crate::eval::{Hook, Packet, Verdict};
@@ -67,13 +67,13 @@ impl FlowChange {
 /// that lands there (None: the appliance itself).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Joint {
-    old: u8,
-    new: u8,
+    old: Ctx,
+    new: Ctx,
     device: Option<String>,
     name: String,
 }
 
-fn ctx_of(p: &Policy, dev: &str) -> u8 {
+fn ctx_of(p: &Policy, dev: &str) -> Ctx {
     p.zone_of_device(dev).map(zone_ctx).unwrap_or(OTHER)
 }
 
@@ -155,13 +155,12 @@ fn subtract(a: &AddrSet, b: &AddrSet) -> AddrSet {
 }
 
 /// Addresses a rule side covers in a context (full when broad), v4 and v6.
-fn side_addrs(p: &Policy, s: &crate::model::Side, ctx: u8) -> AddrSet {
+fn side_addrs(p: &Policy, s: &crate::model::Side, ctx: Ctx) -> AddrSet {
     if s.any || (ctx == LOCAL && s.self_) {
         return AddrSet::full();
     }
     let mut a = s.addrs.clone();
-    if ctx >= 3 {
-        let z = (ctx - 3) as usize;
+    if let Some(z) = ctx_zone(ctx) {
         if s.zones.contains(&z) {
             match &p.zones[z].networks {
                 None => return AddrSet::full(),
