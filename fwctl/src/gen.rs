@@ -4,7 +4,10 @@
 //! enterprise rulebase: internal zones with networks, thousands of hosts in role
 //! groups (some hosts in two groups), partner networks, custom services, and a
 //! mix of rule kinds — group→group, host→host, partner→service, zone→public
-//! servers, servers→internet, and deny exceptions.
+//! servers, servers→internet, and deny exceptions. Optionally shaped like a
+//! hosting site too: one address-only zone per customer, declared before every
+//! interface zone (so the interface zones get the highest zone ids), and more
+//! interface zones, with rules between them.
 //! Must not: depend on anything but its inputs (same input, same text).
 
 use std::fmt::Write as _;
@@ -15,13 +18,32 @@ pub struct Shape {
     pub groups: usize,
     pub partners: usize,
     pub services: usize,
+    /// Address-only customer zones `c0`, `c1`, … (at most [`MAX_CUSTOMER_ZONES`]),
+    /// declared before every interface zone.
+    pub zones: usize,
+    /// Interface zones `x0`, `x1`, … (device `ex0`, …; at most
+    /// [`MAX_EXTRA_IFACE_ZONES`]) besides the five fixed ones, declared last.
+    pub iface_zones: usize,
 }
+
+pub const MAX_CUSTOMER_ZONES: usize = 64 * 256;
+pub const MAX_EXTRA_IFACE_ZONES: usize = 16 * 256;
 
 impl Shape {
     pub fn for_rules(rules: usize) -> Shape {
         let hosts = (rules / 5).clamp(60, 20_000);
-        Shape { rules, hosts, groups: (hosts / 10).max(6), partners: (rules / 20).clamp(4, 5_000), services: 40 }
+        Shape { rules, hosts, groups: (hosts / 10).max(6), partners: (rules / 20).clamp(4, 5_000), services: 40, zones: 0, iface_zones: 0 }
     }
+}
+
+/// Customer zone `i`'s networks: 10.(64 + i / 256).(i % 256).0/24 and fd01:i::/64.
+pub fn customer_net(i: usize) -> (String, String) {
+    (format!("10.{}.{}.0/24", 64 + i / 256, i % 256), format!("fd01:{i:x}::/64"))
+}
+
+/// Extra interface zone `j`'s networks: 10.(160 + j / 256).(j % 256).0/24 and fd02:j::/64.
+pub fn iface_zone_net(j: usize) -> (String, String) {
+    (format!("10.{}.{}.0/24", 160 + j / 256, j % 256), format!("fd02:{j:x}::/64"))
 }
 
 /// A small deterministic xorshift generator (seeded; the seed must not be 0), for
@@ -62,9 +84,18 @@ pub fn policy(shape: &Shape, seed: u64) -> String {
     let mut r = Rng(seed | 1);
     let mut t = String::with_capacity(shape.rules * 160);
     let _ = writeln!(t, "version = 1\n[firewall]\nname = \"generated\"\ndefault = \"drop\"\nlog_default = true\n");
+    let (zones, iface_zones) = (shape.zones.min(MAX_CUSTOMER_ZONES), shape.iface_zones.min(MAX_EXTRA_IFACE_ZONES));
+    for i in 0..zones {
+        let (a4, a6) = customer_net(i);
+        let _ = writeln!(t, "[zones.c{i}]\nnetworks = [\"{a4}\", \"{a6}\"]");
+    }
     let _ = writeln!(t, "[interfaces.wan]\ndevice = \"eth0\"\nzone = \"internet\"\n[zones.internet]\n");
     for (z, dev, n) in ZONES {
         let _ = writeln!(t, "[interfaces.{z}]\ndevice = \"{dev}\"\nzone = \"{z}\"\n[zones.{z}]\nnetworks = [\"10.{n}.0.0/16\", \"fd00:{n}::/48\"]\n");
+    }
+    for j in 0..iface_zones {
+        let (a4, a6) = iface_zone_net(j);
+        let _ = writeln!(t, "[interfaces.x{j}]\ndevice = \"ex{j}\"\nzone = \"x{j}\"\n[zones.x{j}]\nnetworks = [\"{a4}\", \"{a6}\"]\n");
     }
     let _ = writeln!(t, "[hosts]");
     for i in 0..shape.hosts {
@@ -111,6 +142,23 @@ pub fn policy(shape: &Shape, seed: u64) -> String {
             93..=94 => (format!("\"g{}\"", r.below(shape.groups)), "\"internet\"".to_string(), "allow"),
             _ => (format!("\"h{}\"", r.below(shape.hosts)), format!("\"g{}\"", r.below(shape.groups)), "deny"),
         };
+        // With customer or extra interface zones, a fifth of the rules name them
+        // (no draw otherwise: the policies without them stay the same).
+        let (from, to, verb) = if zones + iface_zones > 0 && r.below(5) == 0 {
+            let zone = |r: &mut Rng| {
+                let n = r.below(zones + iface_zones);
+                if n < zones { format!("\"c{n}\"") } else { format!("\"x{}\"", n - zones) }
+            };
+            match r.below(5) {
+                0 => (zone(&mut r), format!("\"h{}\"", r.below(public)), "allow"),
+                1 => ("\"internet\"".to_string(), zone(&mut r), "deny"),
+                2 => ("[\"0.0.0.0/0\", \"::/0\"]".to_string(), zone(&mut r), "allow"),
+                3 => (zone(&mut r), zone(&mut r), "allow"),
+                _ => (format!("\"g{}\"", r.below(shape.groups)), zone(&mut r), "deny"),
+            }
+        } else {
+            (from, to, verb)
+        };
         let log = if verb == "deny" && i % 97 == 0 { "\nlog = true" } else { "" };
         let _ = writeln!(t, "\n[[rules]]\nname = \"r{i}\"\nfrom = {from}\nto = {to}\n{verb} = [{}]\nowner = \"team{}\"{log}", svc(&mut r), i % 17);
     }
@@ -127,5 +175,19 @@ mod tests {
         let l = crate::check::load_str("gen.toml", &a, crate::model::Date { year: 2026, month: 11, day: 23 });
         assert!(!l.has_errors(), "{:?}", l.diags.iter().filter(|d| d.is_error()).take(3).collect::<Vec<_>>());
         assert_eq!(l.policy.unwrap().rules.len(), 300);
+    }
+
+    /// A hosting-site shape: hundreds of customer zones, then interface zones whose
+    /// indexes are past every 8-bit id.
+    #[test]
+    fn generated_policies_with_many_zones_are_valid() {
+        let shape = super::Shape { zones: 300, iface_zones: 20, ..super::Shape::for_rules(400) };
+        let a = super::policy(&shape, 11);
+        let l = crate::check::load_str("gen.toml", &a, crate::model::Date { year: 2026, month: 11, day: 23 });
+        assert!(!l.has_errors(), "{:?}", l.diags.iter().filter(|d| d.is_error()).take(3).collect::<Vec<_>>());
+        let p = l.policy.unwrap();
+        assert_eq!(p.zones.len(), 300 + 5 + 20);
+        assert!(p.zones.iter().position(|z| !z.ifaces.is_empty()).unwrap() >= 300, "interface zones come after the customer zones");
+        assert!(p.rules.iter().any(|r| r.from.zones.iter().chain(&r.to.zones).any(|&z| z >= 300 + 5)), "rules name the extra interface zones");
     }
 }

@@ -23,6 +23,12 @@ fn policy(rng: &mut Rng) -> String {
     let mut t = String::new();
     let default = if rng.chance(30) { "reject" } else { "drop" };
     let _ = writeln!(t, "[firewall]\nname = \"prop\"\ndefault = \"{default}\"\n");
+    // Sometimes hundreds of address-only zones come first: the interface zones
+    // then have indexes past every 8-bit id.
+    let before = if rng.chance(15) { 250 + rng.below(60) } else { 0 };
+    for i in 0..before {
+        let _ = writeln!(t, "[zones.za{i}]\nnetworks = [\"203.0.113.{}/28\", \"2001:db8:40::{:x}00/120\"]", 16 * (i % 16), i % 256);
+    }
     let nzones = 2 + rng.below(3);
     for z in 0..nzones {
         let _ = writeln!(t, "[interfaces.if{z}]\ndevice = \"eth{z}\"\nzone = \"z{z}\"");
@@ -52,6 +58,9 @@ fn policy(rng: &mut Rng) -> String {
     let _ = writeln!(t, "\n[services]\nsvc-a = {{ tcp = [8000, \"8443-8450\"], udp = [\"5000-5100\"] }}\nsvc-b = {{ tcp = [\"8440-8445\", 22], udp = [53] }}\n");
     let mut refs: Vec<String> = (0..nzones).map(|z| format!("z{z}")).collect();
     refs.extend((0..nhosts).map(|h| format!("h{h}")));
+    if before > 0 {
+        refs.extend([0, before / 2, before - 1].map(|i| format!("za{i}")));
+    }
     refs.extend(["g0", "g1", "g2", "zaddr", "zvpn", "wg9.p1", "wg9.p2", "any", "192.0.2.0/26", "2001:db8:10::/120", "198.51.100.7"].map(String::from));
     let nrules = 1 + rng.below(12);
     for r in 0..nrules {
@@ -81,7 +90,7 @@ fn policy(rng: &mut Rng) -> String {
 
 fn addr(rng: &mut Rng, v6: bool) -> IpAddr {
     if v6 {
-        let pool = ["2001:db8:10::1", "2001:db8:10::80", "2001:db8:10::ff", "2001:db8:20::5", "fd00:200::2", "fd00:200::3", "2001:db8:30::1", "2001:db8:ffff::1", "2001:db8:10::100"];
+        let pool = ["2001:db8:10::1", "2001:db8:10::80", "2001:db8:10::ff", "2001:db8:20::5", "fd00:200::2", "fd00:200::3", "2001:db8:30::1", "2001:db8:ffff::1", "2001:db8:10::100", "2001:db8:40::1000"];
         let base: IpAddr = rng.pick(&pool).parse().unwrap();
         if rng.chance(50) {
             if let IpAddr::V6(b) = base {
@@ -239,4 +248,84 @@ fn interface_zones_declared_after_252_others_keep_their_rules() {
         let ssh = Packet { hook: Hook::Input, iif: Some("eth0".into()), oif: None, src: "203.0.113.5".parse().unwrap(), dst: "192.0.2.1".parse().unwrap(), proto: Proto::Tcp, port: 22 };
         assert_eq!(sim.run(&p, &ssh).verdict, Verdict::Drop, "{before} zones before: denied SSH from the internet gets through");
     }
+}
+
+/// An address somewhere in a generated policy ([`fwctl::gen::policy`]): a host's,
+/// a partner's, a customer zone's, an extra interface zone's, or the internet's.
+fn gen_addr(rng: &mut Rng, shape: &fwctl::gen::Shape, v6: bool) -> IpAddr {
+    let text = match rng.below(6) {
+        0 | 1 => {
+            // Hosts: 10.Z.x.y / fd00:Z::x:y for Z in 1..=4 (see gen::host_addr).
+            let (z, n) = (1 + rng.below(4), 1 + rng.below((shape.hosts / 4).max(1)));
+            if v6 { format!("fd00:{z}::{:x}:{:x}", n / 250, n % 250 + 1) } else { format!("10.{z}.{}.{}", n / 250, n % 250 + 1) }
+        }
+        2 if shape.zones > 0 => {
+            let i = rng.below(shape.zones);
+            let (a4, a6) = fwctl::gen::customer_net(i);
+            if v6 { a6.replace("::/64", "::9") } else { a4.replace(".0/24", ".9") }
+        }
+        3 if shape.iface_zones > 0 => {
+            let j = rng.below(shape.iface_zones);
+            let (a4, a6) = fwctl::gen::iface_zone_net(j);
+            if v6 { a6.replace("::/64", "::9") } else { a4.replace(".0/24", ".9") }
+        }
+        4 => {
+            let p = rng.below(shape.partners);
+            if v6 { "2001:db8:ffff::9".into() } else { format!("10.{}.{}.{}", 128 + p / 4096, (p / 16) % 256, (p % 16) * 16 + 3) }
+        }
+        _ => if v6 { "2001:db8:77::1".into() } else { "203.0.113.77".into() },
+    };
+    text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// Policies past every field width of the compiled structure — more than 255
+/// zones (the interface zones declared last), tens of interfaces, thousands of
+/// hosts, hundreds of groups — compile to a structure that gives the reference
+/// evaluator's verdict on random packets between their addresses and devices.
+#[test]
+fn large_generated_policies_agree_with_reference_evaluator() {
+    use fwctl::gen::Shape;
+    let seed: u64 = std::env::var("FWCTL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    eprintln!("property seed: {seed} (rerun with FWCTL_SEED={seed})");
+    let mut rng = Rng(seed);
+    let today = Date { year: 2026, month: 11, day: 23 };
+    let shapes = [
+        Shape { zones: 300, iface_zones: 3, ..Shape::for_rules(200) },
+        Shape { zones: 260, iface_zones: 40, ..Shape::for_rules(600) },
+        Shape { zones: 1200, iface_zones: 12, hosts: 3000, groups: 300, ..Shape::for_rules(1500) },
+        Shape { zones: 0, iface_zones: 300, ..Shape::for_rules(400) },
+    ];
+    let (mut checked, mut accepted) = (0, 0);
+    for (case, shape) in shapes.iter().enumerate() {
+        let text = fwctl::gen::policy(shape, rng.next() | 1);
+        let loaded = load_str("gen.toml", &text, today);
+        assert!(!loaded.has_errors(), "case {case}: generated policy is invalid: {:?}", loaded.diags.iter().filter(|d| d.is_error()).take(3).collect::<Vec<_>>());
+        let p = loaded.policy.unwrap();
+        assert!(p.zones.len() > 255, "case {case}: {} zones", p.zones.len());
+        let compiled = compile(&p, Capabilities { flowtable: false }).expect("compiles");
+        let sim = Sim::new(&compiled.decision);
+        let mut devs: Vec<String> = (0..5).map(|i| format!("eth{i}")).collect();
+        devs.extend((0..shape.iface_zones).map(|j| format!("ex{j}")));
+        devs.push("unknown0".into());
+        for _ in 0..3000 {
+            let hook = *rng.pick(&[Hook::Input, Hook::Forward, Hook::Forward, Hook::Output]);
+            let v6 = rng.chance(40);
+            let (proto, port) = match rng.below(6) {
+                0 => (Proto::Udp, *rng.pick(&[53u16, 123, 161, 9500, 9517])),
+                1 => (if v6 { Proto::Icmpv6 } else { Proto::Icmp }, if v6 { 128 } else { 8 }),
+                _ => (Proto::Tcp, *rng.pick(&[22u16, 80, 443, 3306, 1433, 3389, 636, 25, 9001, 9017, 20002, 20100, 20104])),
+            };
+            let iif = (hook != Hook::Output).then(|| rng.pick(&devs).clone());
+            let oif = (hook != Hook::Input).then(|| rng.pick(&devs).clone());
+            let pkt = Packet { hook, iif, oif, src: gen_addr(&mut rng, shape, v6), dst: gen_addr(&mut rng, shape, v6), proto, port };
+            let (want, got) = (evaluate(&p, &pkt), sim.run(&p, &pkt));
+            assert_eq!(got.verdict, want.verdict, "seed {seed} case {case}: verdicts differ for {pkt:?}\nreference: {want:?}\ncompiled: {got:?}");
+            checked += 1;
+            accepted += usize::from(want.verdict == Verdict::Accept);
+        }
+    }
+    eprintln!("checked {checked} (policy, packet) pairs, {accepted} accepted");
+    assert!(accepted * 50 > checked && accepted * 10 < checked * 9, "accepted {accepted} of {checked}");
 }
