@@ -198,3 +198,69 @@ allow = ["https"]
     }
     eprintln!("{probes} probes agree");
 }
+
+/// Removes a `fwctl lab` (namespaces and state) and a policy directory when
+/// dropped, also when the test fails half-way.
+struct LabGuard {
+    fwctl: &'static str,
+    prefix: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(self.fwctl).args(["lab", "down", "--prefix", &self.prefix]).output();
+        let _ = fwctl::sys::netns::cleanup_prefix(&self.prefix);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Issue 9: a hosting site with one address-only zone per customer, in a file that
+/// sorts before `network.toml`, gives the interface zones indexes past 255 (the
+/// internet zone is zone 260). With 8-bit zone ids the internet zone's rules
+/// compiled to nothing: its deny of SSH vanished while the address-based allow
+/// stayed, and `check` still said ok. `fwctl check`, `lab up`, `lab check` and
+/// `lab down`, as a user runs them: real packets must get the evaluator's verdict,
+/// every [[tests]] entry included.
+#[test]
+fn lab_check_on_a_policy_with_hundreds_of_zones_agrees_with_the_evaluator() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let fwctl = env!("CARGO_BIN_EXE_fwctl");
+    let prefix = unique_prefix("fwr");
+    let dir = std::env::temp_dir().join(format!("{prefix}-policy"));
+    let _guard = LabGuard { fwctl, prefix: prefix.clone(), dir: dir.clone() };
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in fwctl::gen::hosting_site(260) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let loaded = fwctl::check::load(&dir, TODAY);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diags);
+    let p = loaded.policy.unwrap();
+    assert_eq!(p.zones.iter().position(|z| !z.ifaces.is_empty()), Some(260), "the interface zones come after 260 customer zones");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(fwctl).args(args).env("NO_COLOR", "1").output().expect("fwctl runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let path = dir.to_str().unwrap();
+    let (code, out, err) = run(&["check", path]);
+    assert_eq!(code, Some(0), "fwctl check:\n{out}{err}");
+    let (code, out, err) = run(&["lab", "up", path, "--prefix", &prefix]);
+    assert_eq!(code, Some(0), "fwctl lab up:\n{out}{err}");
+    let (code, text, err) = run(&["lab", "check", path, "--prefix", &prefix, "--json", "--timeout", "0.8"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("lab check --json: {e}\n{text}{err}"));
+    let bad: Vec<&serde_json::Value> = rows.iter().filter(|r| r["ok"] != serde_json::Value::Bool(true)).collect();
+    assert!(bad.is_empty(), "real packets disagree with the evaluator: {bad:#?}");
+    assert_eq!(code, Some(0), "fwctl lab check:\n{err}");
+    // Every [[tests]] entry was probed, the SSH deny from the internet included.
+    for i in 1..=p.tests.len() {
+        let origin = format!("test #{i}");
+        assert!(rows.iter().any(|r| r["origin"] == origin.as_str()), "{origin} was not probed");
+    }
+    assert!(rows.iter().any(|r| r["origin"] == "test #1" && r["expect"] == "drop" && r["packet"]["port"] == 22), "the internet's SSH to the appliance must be probed and dropped: {rows:#?}");
+    let (code, out, err) = run(&["lab", "down", "--prefix", &prefix]);
+    assert_eq!(code, Some(0), "fwctl lab down:\n{out}{err}");
+    assert!(fwctl::sys::netns::list_namespaces().unwrap().iter().all(|n| !n.starts_with(&format!("{prefix}-"))), "lab down removes every namespace");
+    eprintln!("{} probes agree", rows.len());
+}

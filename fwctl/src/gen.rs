@@ -165,6 +165,74 @@ pub fn policy(shape: &Shape, seed: u64) -> String {
     t
 }
 
+/// Customer zone `i` of [`hosting_site`]: its IPv6 network (2001:db8:c:i::/64) and,
+/// for the first 64, an IPv4 /30 in 198.51.100.0/24 (documentation addresses only,
+/// so the lab can bring it up).
+fn hosting_customer_nets(i: usize) -> Vec<String> {
+    let mut v = vec![format!("2001:db8:c:{i:x}::/64")];
+    if i < 64 {
+        v.push(format!("198.51.100.{}/30", 4 * i));
+    }
+    v
+}
+
+/// A hosting site's policy directory, as (file name, text): `customers.toml` declares
+/// one address-only zone per customer and sorts before `network.toml`, which declares
+/// the interface zones (`internet`, `rack`, `mgmt`): their zone indexes are
+/// `customers`, `customers + 1`, `customers + 2`. Rules mix zone-based denies with
+/// address-based allows (SSH to the appliance is allowed from every address and
+/// denied from the internet zone), and `[[tests]]` state what must hold. Only
+/// documentation addresses, so `fwctl lab` can run it.
+pub fn hosting_site(customers: usize) -> Vec<(String, String)> {
+    let customers = customers.max(1);
+    let mut c = String::from("# One address-only zone per customer (declared before the network).\n");
+    for i in 0..customers {
+        let nets = hosting_customer_nets(i).iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(c, "[zones.cust{i}]\nnetworks = [{nets}]");
+    }
+    let last = customers - 1;
+    let mut n = String::from(
+        "[firewall]\nname = \"hosting\"\ndefault = \"drop\"\n\n\
+         [interfaces.wan]\ndevice = \"wan0\"\nzone = \"internet\"\n\
+         [interfaces.rack]\ndevice = \"rack0\"\nzone = \"rack\"\n\
+         [interfaces.mgmt]\ndevice = \"mgmt0\"\nzone = \"mgmt\"\n\n\
+         [zones.internet]\n\
+         [zones.rack]\nnetworks = [\"192.0.2.0/25\", \"2001:db8:10::/64\"]\n\
+         [zones.mgmt]\nnetworks = [\"203.0.113.0/28\", \"2001:db8:20::/64\"]\n\n\
+         [hosts]\nweb1 = [\"192.0.2.10\", \"2001:db8:10::10\"]\ndb1 = [\"192.0.2.20\", \"2001:db8:10::20\"]\nadmin1 = [\"203.0.113.5\", \"2001:db8:20::5\"]\n\n",
+    );
+    let rules: [(&str, String, &str, &str, &str); 9] = [
+        ("ssh-by-address", "[\"0.0.0.0/0\", \"::/0\"]".into(), "\"self\"", "allow", "\"ssh\""),
+        ("no-ssh-from-internet", "\"internet\"".into(), "\"self\"", "deny", "\"ssh\""),
+        ("public-web", "\"internet\"".into(), "\"web1\"", "allow", "\"http\", \"https\""),
+        ("db-by-address", "[\"0.0.0.0/0\", \"::/0\"]".into(), "\"db1\"", "allow", "\"mysql\""),
+        ("no-db-from-internet", "\"internet\"".into(), "\"rack\"", "deny", "\"mysql\""),
+        ("admin-ping", "\"mgmt\"".into(), "[\"rack\", \"self\"]", "allow", "\"ping\""),
+        ("rack-out", "\"rack\"".into(), "\"internet\"", "allow", "\"https\""),
+        ("customer-first", "\"cust0\"".into(), "\"db1\"", "allow", "\"postgresql\""),
+        ("no-web-for-last-customer", format!("\"cust{last}\""), "\"web1\"", "deny", "\"http\""),
+    ];
+    for (name, from, to, verb, svc) in rules {
+        let _ = writeln!(n, "[[rules]]\nname = \"{name}\"\nfrom = {from}\nto = {to}\n{verb} = [{svc}]\n");
+    }
+    let tests: [(String, &str, &str, &str); 10] = [
+        ("internet".into(), "self", "ssh", "deny"),
+        ("mgmt".into(), "self", "ssh", "allow"),
+        ("rack".into(), "self", "ssh", "allow"),
+        ("internet".into(), "web1", "https", "allow"),
+        ("internet".into(), "db1", "mysql", "deny"),
+        ("mgmt".into(), "db1", "mysql", "allow"),
+        ("mgmt".into(), "web1", "ping", "allow"),
+        ("web1".into(), "internet", "https", "allow"),
+        (format!("cust{last}"), "web1", "http", "deny"),
+        (format!("cust{last}"), "web1", "https", "allow"),
+    ];
+    for (from, to, svc, expect) in tests {
+        let _ = writeln!(n, "[[tests]]\nfrom = \"{from}\"\nto = \"{to}\"\nservice = \"{svc}\"\nexpect = \"{expect}\"\n");
+    }
+    vec![("customers.toml".into(), c), ("network.toml".into(), n)]
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -175,6 +243,26 @@ mod tests {
         let l = crate::check::load_str("gen.toml", &a, crate::model::Date { year: 2026, month: 11, day: 23 });
         assert!(!l.has_errors(), "{:?}", l.diags.iter().filter(|d| d.is_error()).take(3).collect::<Vec<_>>());
         assert_eq!(l.policy.unwrap().rules.len(), 300);
+    }
+
+    /// The hosting site's policy directory is valid, its interface zones come after
+    /// every customer zone, and its [[tests]] hold in the reference evaluator.
+    #[test]
+    fn hosting_site_policy_is_valid_with_interface_zones_last() {
+        let dir = std::env::temp_dir().join(format!("fwctl-hosting-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in super::hosting_site(260) {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let l = crate::check::load(&dir, crate::model::Date { year: 2026, month: 11, day: 23 });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!l.has_errors(), "{:?}", l.diags.iter().filter(|d| d.is_error()).take(3).collect::<Vec<_>>());
+        let p = l.policy.unwrap();
+        assert_eq!(p.zones.len(), 263);
+        assert_eq!(p.zones.iter().position(|z| !z.ifaces.is_empty()), Some(260));
+        let results = crate::check::run_tests(&p);
+        assert_eq!(results.len(), 10);
+        assert!(crate::check::test_diagnostics(&p, &l.sm, &results).is_empty(), "every [[tests]] entry holds");
     }
 
     /// A hosting-site shape: hundreds of customer zones, then interface zones whose
