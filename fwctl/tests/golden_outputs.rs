@@ -70,3 +70,50 @@ fn explain_answers() {
 fn check_json() {
     golden("check-carif-oref.json", &run(&["check", "policies/carif-oref", "--json"]));
 }
+
+/// A policy whose source mark needs 33 bits: 2045 address-only zones declared before
+/// the one zone with an interface (its id 2048 needs 12 bits), 1023 group classes
+/// (10 bits) and 2047 host classes (11 bits). `check` must refuse it, pointing at
+/// the zone that sets the width of the zone id (issue 9: no silent narrowing).
+/// Generated here (it is 100 KB of TOML); the diagnostic is the golden file.
+#[test]
+fn check_mark_overflow() {
+    use std::fmt::Write as _;
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = base.join("mark-overflow");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut customers = String::from("[zones]\n");
+    for i in 0..2045 {
+        let _ = writeln!(customers, "c{i} = {{ networks = [\"2001:db8:c:{i:x}::/64\"] }}");
+    }
+    // Address `x` of a 2^k block has the signature "the rules i whose bit is set in
+    // x": rule i names the 2^(k-1-i) blocks of size 2^i where bit i is set.
+    let pattern = |prefix: &str, k: u32, i: u32| -> String {
+        let size = 1u32 << i;
+        (0..(1u32 << k)).step_by(size as usize).filter(|x| x & size != 0).map(|x| format!("\"{prefix}{x:x}/{}\"", 128 - i)).collect::<Vec<_>>().join(", ")
+    };
+    let mut network = String::from("[firewall]\nname = \"overflow\"\ndefault = \"drop\"\n\n[interfaces.wan]\ndevice = \"eth0\"\nzone = \"internet\"\n\n[zones.internet]\n\n[groups]\n");
+    for i in 0..10 {
+        let _ = writeln!(network, "grp{i} = [{}]", pattern("2001:db8:a::", 10, i));
+    }
+    for i in 0..10 {
+        let _ = writeln!(network, "\n[[rules]]\nname = \"groups-{i}\"\nfrom = \"grp{i}\"\nto = \"self\"\nallow = [\"https\"]");
+    }
+    for i in 0..11 {
+        let _ = writeln!(network, "\n[[rules]]\nname = \"hosts-{i}\"\nfrom = [{}]\nto = \"self\"\nallow = [\"ssh\"]", pattern("2001:db8:f::", 11, i));
+    }
+    std::fs::write(dir.join("customers.toml"), customers).expect("write");
+    std::fs::write(dir.join("network.toml"), network).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_fwctl"))
+        .args(["check", "mark-overflow"])
+        .current_dir(base)
+        .env("NO_COLOR", "1")
+        .env("FWCTL_TODAY", "2026-11-23")
+        .output()
+        .expect("run fwctl");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "check must refuse a policy whose mark does not fit");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    golden("check-mark-overflow.txt", &text);
+}

@@ -29,7 +29,7 @@ pub enum CompileError {
     /// A NAT conflict or limit (message says which), and where.
     Nat(String, Option<crate::diag::Span>),
     /// A side's context id and address classes need more than its 32-bit mark.
-    TooManyClasses(decide::MarkOverflow),
+    MarkOverflow(decide::MarkOverflow),
 }
 
 impl std::fmt::Display for CompileError {
@@ -40,16 +40,16 @@ impl std::fmt::Display for CompileError {
                 "firewall.offload.flowtable = \"required\", but this kernel has no flowtable support (NF_FLOW_TABLE); use \"auto\" to run without offload"
             ),
             CompileError::Nat(m, _) => write!(f, "{m}"),
-            CompileError::TooManyClasses(m) => write!(
+            CompileError::MarkOverflow(m) => write!(
                 f,
-                "the {} mark does not fit 32 bits: the zone id needs {} bits, {} group classes {} bits and {} host classes {} bits ({} in all)",
+                "the {} mark needs {} bits, more than its 32: {} for the zone id, {} for {} group classes, {} for {} host classes",
                 if m.src { "source" } else { "destination" },
+                m.total_bits(),
                 m.zone_bits,
-                m.coarse,
                 m.coarse_bits,
-                m.fine,
+                m.coarse,
                 m.fine_bits,
-                m.total_bits()
+                m.fine
             ),
         }
     }
@@ -63,7 +63,7 @@ impl CompileError {
         let d = crate::diag::Diagnostic::error("compile", self.to_string());
         match self {
             CompileError::Nat(_, Some(span)) => d.at(*span, "here"),
-            CompileError::TooManyClasses(m) => match &m.zone {
+            CompileError::MarkOverflow(m) => match &m.zone {
                 Some((name, span, ctx)) => d
                     .at(*span, format!("zone `{name}` has id {ctx}: the last zone with interfaces sets the width of the zone id"))
                     .note("zone ids follow the order of declaration (files in sorted order); declaring the zones that have interfaces before address-only zones makes the zone id narrower"),
@@ -89,7 +89,7 @@ pub fn compile(p: &Policy, caps: Capabilities) -> Result<Compiled, CompileError>
 /// Compile, keeping the class ids of a previous compilation where signatures are
 /// unchanged (so that a small policy change is a small set-element change).
 pub fn compile_with(p: &Policy, caps: Capabilities, prev: Option<&decide::Allocation>) -> Result<Compiled, CompileError> {
-    let decision = decide::build(p, prev).map_err(CompileError::TooManyClasses)?;
+    let decision = decide::build(p, prev).map_err(CompileError::MarkOverflow)?;
     let mut b = Builder { p, sets: vec![], chains: vec![], notes: vec![] };
     let flowtable = b.flowtable(caps)?;
     b.filter(&decision, flowtable.is_some());
