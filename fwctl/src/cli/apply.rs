@@ -18,7 +18,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 /// The confirm window when a person applies at a terminal and gives no --confirm.
-pub const INTERACTIVE_CONFIRM: u64 = 120;
+pub const INTERACTIVE_CONFIRM: u32 = 120;
 
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
@@ -36,7 +36,7 @@ pub struct ApplyArgs {
     /// Roll back automatically unless `fwctl confirm` runs within SECONDS (0: no window).
     /// Default: 120 at a terminal without --yes, otherwise none.
     #[arg(long)]
-    pub confirm: Option<u64>,
+    pub confirm: Option<u32>,
     /// Why (recorded in the audit trail; required with --force)
     #[arg(long)]
     pub reason: Option<String>,
@@ -176,7 +176,7 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     // The watchdog starts before the kernel changes, so a crash right after the
     // change still rolls back.
     if confirm > 0 {
-        let mut pending = Pending { generation: g, previous, deadline_unix: t + confirm as i64, watchdog_pid: None };
+        let mut pending = Pending { generation: g, previous, deadline_unix: t.saturating_add(i64::from(confirm)), watchdog_pid: None };
         if let Err(e) = state.set_pending(Some(&pending)) {
             eprintln!("error: {e}");
             return EXIT_SYSTEM;

@@ -36,7 +36,7 @@ pub fn exec(a: &WatchdogArgs) -> u8 {
     loop {
         match apply::watchdog_step(state.pending().as_ref(), a.generation, now()) {
             Step::Exit => return super::EXIT_OK,
-            Step::Wait(left) => std::thread::sleep(Duration::from_millis((left.max(0) as u64 * 1000).clamp(50, 200))),
+            Step::Wait(left) => std::thread::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0).saturating_mul(1000).clamp(50, 200))),
             Step::RollBack => break,
         }
     }
