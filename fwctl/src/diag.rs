@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Index of a file in a [`SourceMap`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileId(pub u32);
+pub struct FileId(pub usize);
 
 /// A byte range in one source file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -47,22 +47,22 @@ impl SourceMap {
         let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
         self.lines.push(starts);
         self.files.push((path, text));
-        FileId(self.files.len() as u32 - 1)
+        FileId(self.files.len() - 1)
     }
     pub fn path(&self, f: FileId) -> &Path {
-        &self.files[f.0 as usize].0
+        &self.files[f.0].0
     }
     pub fn text(&self, f: FileId) -> &str {
-        &self.files[f.0 as usize].1
+        &self.files[f.0].1
     }
     pub fn files(&self) -> impl Iterator<Item = (FileId, &Path, &str)> {
-        self.files.iter().enumerate().map(|(i, (p, t))| (FileId(i as u32), p.as_path(), t.as_str()))
+        self.files.iter().enumerate().map(|(i, (p, t))| (FileId(i), p.as_path(), t.as_str()))
     }
     /// Line (1-based), column (1-based, in characters) of a byte offset.
     pub fn line_col(&self, f: FileId, offset: usize) -> (usize, usize) {
         let text = self.text(f);
         let offset = offset.min(text.len());
-        let starts = &self.lines[f.0 as usize];
+        let starts = &self.lines[f.0];
         let line = starts.partition_point(|&s| s <= offset);
         let line_start = starts[line - 1];
         let col = text[line_start..offset].chars().count() + 1;
