@@ -493,7 +493,18 @@ impl MarkOverflow {
     }
 }
 
+/// The decision structure, keeping `prev`'s class ids where signatures are unchanged.
+/// Kept ids can be larger than fresh ones (a policy that shrank, or an allocation
+/// read back from disk): when they make a mark overflow, the ids are allocated
+/// afresh, so whatever `check` accepts (it compiles without `prev`) also applies.
 pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, MarkOverflow> {
+    match build_once(p, prev) {
+        Err(_) if prev.is_some() => build_once(p, None),
+        r => r,
+    }
+}
+
+fn build_once(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, MarkOverflow> {
     let ctxs = contexts(p);
     // The interface zone with the highest id decides the width of the zone field.
     let last_zone = p.zones.iter().rposition(|z| !z.ifaces.is_empty());
@@ -697,6 +708,44 @@ pub fn build(p: &Policy, prev: Option<&Allocation>) -> Result<Decision, MarkOver
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy(text: &str) -> Policy {
+        let l = crate::check::load_str("t.toml", text, crate::model::Date { year: 2026, month: 11, day: 23 });
+        assert!(!l.has_errors(), "{:?}", l.diags);
+        l.policy.unwrap()
+    }
+
+    /// Context ids are `3 + zone index` at every index, past 255 too, and map back.
+    #[test]
+    fn zone_context_ids_do_not_wrap() {
+        for z in [0usize, 252, 253, 254, 255, 256, 300, 65_533, 1 << 20] {
+            let c = zone_ctx(z);
+            assert_eq!(u64::from(c), z as u64 + 3);
+            assert_eq!(ctx_zone(c), Some(z));
+        }
+        assert_eq!(ctx_zone(LOCAL), None);
+        assert_eq!(ctx_zone(OTHER), None);
+        // Past u32: saturated, which `build` can never pack.
+        assert_eq!(zone_ctx(usize::MAX), Ctx::MAX);
+    }
+
+    /// A previous allocation whose ids are too wide for the mark (read back from a
+    /// state file, or kept from a larger policy) does not fail a compilation that
+    /// fits with fresh ids.
+    #[test]
+    fn stale_wide_class_ids_are_allocated_afresh() {
+        let p = policy("[interfaces.wan]\ndevice = \"eth0\"\nzone = \"internet\"\n[zones.internet]\n[[rules]]\nname = \"r\"\nfrom = \"192.0.2.1\"\nto = \"self\"\nallow = [\"ssh\"]\n");
+        let fresh = build(&p, None).expect("fits");
+        let mut wide = fresh.alloc.clone();
+        for fam in &mut wide.families {
+            for id in fam.values_mut() {
+                *id = u32::MAX - 1;
+            }
+        }
+        let again = build(&p, Some(&wide)).expect("fits with fresh ids");
+        assert_eq!(again.alloc, fresh.alloc);
+        assert!(build_once(&p, Some(&wide)).is_err(), "the wide ids alone overflow the mark");
+    }
 
     #[test]
     fn atoms_split_overlaps() {
