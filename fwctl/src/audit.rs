@@ -153,15 +153,17 @@ impl HeadFile {
 }
 
 /// Check a state directory's trail (pure): the log and its head file, and that
-/// the newest generation (if any) has its record — an empty or absent log next
-/// to generations is a deleted log, not an empty one.
-pub fn verify_trail(text: &str, head: &HeadFile, newest_generation: Option<u64>) -> Result<Vec<Record>, Broken> {
+/// generation `must_be_named` (the newest that is not in flight, if any) and so
+/// every one before it has its record — an empty or absent log next to
+/// generations is a deleted log, not an empty one.
+pub fn verify_trail(text: &str, head: &HeadFile, must_be_named: Option<u64>) -> Result<Vec<Record>, Broken> {
     if let HeadFile::Invalid(why) = head {
         return Err(Broken { line: 1, problem: format!("audit.head is not a head record ({why}): it was edited or replaced") });
     }
     let out = verify(text, head.head())?;
-    if let Some(g) = newest_generation {
-        if !out.iter().any(|r| r.generation == Some(g) || r.previous_generation == Some(g)) {
+    if let Some(g) = must_be_named.filter(|&g| g > 0) {
+        let named = out.iter().flat_map(|r| [r.generation, r.previous_generation]).flatten().max();
+        if named.is_none_or(|m| m < g) {
             return Err(Broken { line: out.len() + 1, problem: format!("generation {g} exists but no record names it: records were removed (or the log was replaced)") });
         }
     }
@@ -370,12 +372,15 @@ mod tests {
     fn an_absent_log_next_to_generations_does_not_verify() {
         let b = verify_trail("", &HeadFile::Missing, Some(3)).unwrap_err();
         assert!(b.problem.contains("generation 3"), "{b}");
+        assert!(verify_trail("", &HeadFile::Missing, Some(1)).is_err());
+        assert!(verify_trail("", &HeadFile::Missing, Some(0)).is_ok());
         // The newest generation named by a record: fine.
         let d = tempdir::Dir::new();
         let log = Log { dir: &d.0 };
         log.append(Record { event: "apply".into(), generation: Some(3), ..Default::default() }).unwrap();
         let (text, head) = log.read().unwrap();
         assert_eq!(verify_trail(&text, &head, Some(3)).unwrap().len(), 1);
+        assert_eq!(verify_trail(&text, &head, Some(2)).unwrap().len(), 1);
         assert!(verify_trail(&text, &head, Some(4)).is_err());
     }
 

@@ -176,6 +176,24 @@ impl State {
         }
     }
 
+    /// Whether another fwctl holds the lock now (read-only: the lock file is
+    /// neither created nor written).
+    pub fn busy(&self) -> bool {
+        use nix::fcntl::{Flock, FlockArg};
+        let Ok(f) = fs::File::open(self.dir.join("lock")) else { return false };
+        matches!(Flock::lock(f, FlockArg::LockSharedNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK)))
+    }
+
+    /// The newest generation whose audit record must exist: the newest one,
+    /// unless it is in flight (an apply holds the lock between writing a
+    /// generation and its record; a confirm window's generation may belong to
+    /// an apply that was killed, whose watchdog records it).
+    pub fn settled_generation(&self) -> Option<u64> {
+        let newest = *self.numbers().last()?;
+        let in_flight = self.busy() || self.pending().is_some_and(|p| p.generation == newest);
+        if in_flight { newest.checked_sub(1) } else { Some(newest) }
+    }
+
     fn read_num(&self, name: &str) -> Option<u64> {
         fs::read_to_string(self.dir.join(name)).ok().and_then(|s| s.trim().parse().ok())
     }

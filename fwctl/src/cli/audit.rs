@@ -67,7 +67,7 @@ fn read(s: &StateArgs) -> Result<Trail, u8> {
         eprintln!("error: cannot read the audit log: {e}");
         EXIT_SYSTEM
     })?;
-    let verified = crate::audit::verify_trail(&text, &head, state.numbers().last().copied());
+    let verified = crate::audit::verify_trail(&text, &head, state.settled_generation());
     Ok(Trail { text, head, verified })
 }
 
