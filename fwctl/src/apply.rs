@@ -693,7 +693,7 @@ mod tests {
         // A generation rolled back automatically (recorded by a newer fwctl) is skipped.
         let h = vec![legacy(1, "apply"), legacy(2, "apply"), row(3, "rollback-auto", Some(1), Some(2), true), legacy(4, "apply")];
         assert_eq!(rollback_target(&h, Some(4)), Some(3));
-        let h = vec![legacy(1, "apply"), legacy(2, "apply"), legacy(4, "apply"), row(3, "rollback-auto", Some(1), Some(2), true)];
+        let h = [legacy(1, "apply"), legacy(2, "apply"), legacy(4, "apply"), row(3, "rollback-auto", Some(1), Some(2), true)];
         assert_eq!(rollback_target(&h[..3], Some(4)), Some(2));
     }
 
