@@ -163,6 +163,14 @@ impl Env {
         output(&mut self.cmd(&all))
     }
 
+    /// `FWCTL_TODAY=DATE fwctl ARGS… --state-dir STATE`
+    fn run_on(&self, date: &str, args: &[&str]) -> Out {
+        let st = self.state();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--state-dir", st.to_str().unwrap()]);
+        output(self.cmd(&all).env("FWCTL_TODAY", date))
+    }
+
     fn apply(&self, policy: &Path, extra: &[&str]) -> Out {
         let mut a = vec!["apply", policy.to_str().unwrap(), "--yes"];
         a.extend(extra);
@@ -376,14 +384,17 @@ fn confirm_window_rolls_back_when_not_confirmed() {
     // The watchdog finishes its bookkeeping right after the kernel change.
     let done = Env::wait_until(Instant::now(), Duration::from_secs(2), Duration::from_millis(50), || !env.state().join("pending.json").exists() && events(&env.audit()).contains(&"rollback-auto".to_string()));
     assert!(done.is_some(), "no rollback-auto record: {:?}", events(&env.audit()));
+    // The automatic rollback is a generation of its own: 3, generation 1 again.
     let h = env.history();
-    assert_eq!((&Env::gen(&h, 1)["current"], &Env::gen(&h, 1)["confirmed"]), (&Value::Bool(true), &Value::Bool(true)), "{h:#?}");
+    let g3 = Env::gen(&h, 3);
+    assert_eq!((&g3["event"], &g3["source"], &g3["replaced"], &g3["current"], &g3["confirmed"]), (&"rollback-auto".into(), &1.into(), &2.into(), &Value::Bool(true), &Value::Bool(true)), "{h:#?}");
+    assert_eq!((&Env::gen(&h, 1)["current"], &Env::gen(&h, 1)["confirmed"]), (&Value::Bool(false), &Value::Bool(false)), "{h:#?}");
     assert_eq!((&Env::gen(&h, 2)["current"], &Env::gen(&h, 2)["pending"], &Env::gen(&h, 2)["confirmed"]), (&Value::Bool(false), &Value::Bool(false), &Value::Bool(false)), "{h:#?}");
     let text = env.run(&["history"]);
-    assert!(text.stdout.lines().any(|l| l.trim_start().starts_with("1  *c")), "history text:\n{text}");
+    assert!(text.stdout.lines().any(|l| l.trim_start().starts_with("3  *c")), "history text:\n{text}");
     let audit = env.audit();
     let r = audit.iter().find(|r| r["event"] == "rollback-auto").unwrap();
-    assert_eq!((&r["result"], &r["generation"], &r["previous_generation"]), (&"ok".into(), &1.into(), &2.into()), "{r:#}");
+    assert_eq!((&r["result"], &r["generation"], &r["previous_generation"], &r["summary"]["source"]), (&"ok".into(), &3.into(), &2.into(), &1.into()), "{r:#}");
     // fwctl agrees that the kernel holds the base again.
     let pl = env.plan(&p, false);
     assert_eq!(pl.code, Some(0), "plan of the base after the rollback:\n{pl}");
@@ -413,10 +424,10 @@ fn confirm_window_rolls_back_when_not_confirmed() {
     assert!(done.is_some(), "no second rollback-auto record: {:?}", events(&env.audit()));
     let audit = env.audit();
     let r = audit.iter().rev().find(|r| r["event"] == "rollback-auto").unwrap();
-    assert_eq!((&r["result"], &r["generation"], &r["previous_generation"]), (&"ok".into(), &1.into(), &3.into()), "{r:#}");
+    assert_eq!((&r["result"], &r["generation"], &r["previous_generation"], &r["summary"]["source"]), (&"ok".into(), &5.into(), &4.into(), &3.into()), "{r:#}");
     let h = env.history();
-    assert_eq!(Env::gen(&h, 1)["current"], true, "{h:#?}");
-    assert_eq!((&Env::gen(&h, 3)["current"], &Env::gen(&h, 3)["pending"]), (&Value::Bool(false), &Value::Bool(false)), "{h:#?}");
+    assert_eq!((&Env::gen(&h, 5)["current"], &Env::gen(&h, 5)["event"]), (&Value::Bool(true), &"rollback-auto".into()), "{h:#?}");
+    assert_eq!((&Env::gen(&h, 4)["current"], &Env::gen(&h, 4)["pending"]), (&Value::Bool(false), &Value::Bool(false)), "{h:#?}");
     assert!(!env.state().join("pending.json").exists());
 }
 
@@ -492,12 +503,16 @@ fn rollback_and_restore() {
     assert_eq!(env.listing(), None);
     let o = env.run(&["restore"]);
     assert_eq!(o.code, Some(0), "restore:\n{o}");
-    assert!(o.stdout.contains("restored generation 5"), "{o}");
+    assert!(o.stdout.contains("restored generation 5 (now generation 6)"), "{o}");
     assert_eq!(env.listing().as_deref(), Some(l1.as_str()), "restore must put the last confirmed generation back");
     let p = env.policy("p", &base);
     let pl = env.plan(&p, false);
     assert_eq!(pl.code, Some(0), "plan of the base after restore:\n{pl}");
     assert_eq!(events(&env.audit()), vec!["apply", "apply", "apply", "rollback", "rollback", "restore"]);
+    // The restore is a history row of its own.
+    let h = env.history();
+    let g6 = Env::gen(&h, 6);
+    assert_eq!((&g6["event"], &g6["source"], &g6["replaced"], &g6["current"], &g6["confirmed"]), (&"restore".into(), &5.into(), &5.into(), &Value::Bool(true), &Value::Bool(true)), "{g6:#}");
 }
 
 #[test]
@@ -668,4 +683,190 @@ fn no_terminal_requires_yes() {
     // With --yes it goes through.
     env.apply_ok(&p, &[]);
     assert!(env.listing().is_some());
+}
+
+/// Issue 9 (2): `rollback` goes back to the generation that was in effect
+/// before the current one, not to a newer one that expired unconfirmed; the
+/// automatic rollback is its own history row; a generation never confirmed
+/// comes back only with a confirm window.
+#[test]
+fn rollback_skips_a_generation_that_expired_unconfirmed() {
+    let Some(env) = Env::new("fwrx") else { return };
+    let base = base_text();
+    let a = env.policy("a", &base);
+    let b = env.policy("b", &with_host04(&base));
+    env.apply_ok(&a, &[]);
+    let la = env.listing().unwrap();
+    // B with a window left to expire: A comes back as generation 3.
+    let t0 = Instant::now();
+    env.apply_ok(&b, &["--confirm", "2"]);
+    let lb = env.listing().unwrap();
+    assert_ne!(la, lb);
+    let back = Env::wait_until(t0, Duration::from_secs(5), Duration::from_millis(50), || env.listing().as_deref() == Some(la.as_str()) && !env.state().join("pending.json").exists() && env.history().len() == 3);
+    assert!(back.is_some(), "B was not rolled back: {:#?}", env.history());
+    // B again, confirmed: generation 4.
+    env.apply_ok(&b, &["--confirm", "30"]);
+    assert_eq!(env.run(&["confirm"]).code, Some(0));
+    assert_eq!(env.listing().as_deref(), Some(lb.as_str()));
+    // rollback: A (in effect before 4 was generation 3), not the expired 2.
+    let o = env.run(&["rollback"]);
+    assert_eq!(o.code, Some(0), "rollback:\n{o}");
+    assert_eq!(env.listing().as_deref(), Some(la.as_str()), "rollback must restore A:\n{o}");
+    let h = env.history();
+    let rows: Vec<(u64, String, Value)> = h.iter().rev().map(|g| (g["generation"].as_u64().unwrap(), g["event"].as_str().unwrap().to_string(), g["source"].clone())).collect();
+    assert_eq!(rows, vec![(1, "apply".into(), Value::Null), (2, "apply".into(), Value::Null), (3, "rollback-auto".into(), 1.into()), (4, "apply".into(), Value::Null), (5, "rollback".into(), 3.into())], "{h:#?}");
+    assert_eq!((&Env::gen(&h, 5)["current"], &Env::gen(&h, 5)["confirmed"]), (&Value::Bool(true), &Value::Bool(true)));
+
+    // Generation 2 was never confirmed: not without a window (usage error, nothing changes)…
+    let o = env.run(&["rollback", "--to", "2", "--confirm", "0"]);
+    assert_eq!(o.code, Some(64), "{o}");
+    assert!(o.stderr.contains("never confirmed"), "{o}");
+    assert_eq!(env.listing().as_deref(), Some(la.as_str()));
+    assert_eq!(env.history().len(), 5);
+    // …and with one (the default), it says so and opens it.
+    let o = env.run(&["rollback", "--to", "2"]);
+    assert_eq!(o.code, Some(0), "{o}");
+    assert!(o.stdout.contains("never confirmed") && o.stdout.contains("fwctl confirm"), "{o}");
+    assert_eq!(env.listing().as_deref(), Some(lb.as_str()));
+    let pending: Value = serde_json::from_str(&std::fs::read_to_string(env.state().join("pending.json")).expect("a confirm window")).unwrap();
+    assert_eq!((&pending["generation"], &pending["previous"]), (&6.into(), &5.into()));
+    let h = env.history();
+    assert_eq!((&Env::gen(&h, 6)["pending"], &Env::gen(&h, 6)["confirmed"]), (&Value::Bool(true), &Value::Bool(false)), "{h:#?}");
+    assert_eq!(env.run(&["confirm"]).code, Some(0));
+}
+
+/// A policy whose temporary rule expires on 2027-06-30.
+fn with_temp_ssh(t: &str) -> String {
+    format!("{t}\n[[rules]]\nname = \"temp-ssh\"\nfrom = \"internet\"\nto = \"host04\"\nallow = [\"ssh\"]\nexpires = 2027-06-30\n")
+}
+
+/// Issue 9 (3): `plan` compares with the generation as applied, so a rule that
+/// has expired since shows as flows going away; `restore` does not bring it back.
+#[test]
+fn expired_rules_show_in_plan_and_are_not_restored() {
+    let Some(env) = Env::new("fwex") else { return };
+    let text = with_temp_ssh(&base_text());
+    let p = env.policy("p", &text);
+    let o = env.run_on("2027-06-29", &["apply", p.to_str().unwrap(), "--yes"]);
+    assert_eq!(o.code, Some(0), "{o}");
+    let with_temp = env.listing().unwrap();
+    assert_eq!(env.run_on("2027-06-30", &["plan", p.to_str().unwrap()]).code, Some(0), "the last day of the rule: no change");
+    // The day after: the plan says the flow goes, and why.
+    let o = env.run_on("2027-07-01", &["plan", p.to_str().unwrap()]);
+    assert_eq!(o.code, Some(2), "{o}");
+    let snap = env.state().join("generations/000001/policy/policy.toml");
+    let want = format!("- allow internet → host04 (192.0.2.14) tcp/22  [expired 2027-06-30: rule temp-ssh ({}:{})]", snap.display(), line_of(&text, "name = \"temp-ssh\""));
+    assert_eq!(section(&o.stdout, "flows"), vec![want.clone()], "{o}");
+    // restore (boot) on that day: the rule is left out, and it says so.
+    let o = env.run_on("2027-07-01", &["restore"]);
+    assert_eq!(o.code, Some(0), "{o}");
+    assert!(o.stdout.contains("rule `temp-ssh` (expired 2027-06-30)"), "{o}");
+    assert_ne!(env.listing().as_deref(), Some(with_temp.as_str()), "restore brought the expired rule back");
+    let h = env.history();
+    assert_eq!((&Env::gen(&h, 2)["event"], &Env::gen(&h, 2)["source"], &Env::gen(&h, 2)["compiled_on"]), (&"restore".into(), &1.into(), &"2027-07-01".into()), "{h:#?}");
+    let last = env.audit().pop().unwrap();
+    assert_eq!(last["summary"]["expired_rules_dropped"], serde_json::json!(["`temp-ssh` (expired 2027-06-30)"]), "{last:#}");
+    // The kernel now runs the policy as it is today: nothing left to change.
+    let o = env.run_on("2027-07-01", &["plan", p.to_str().unwrap()]);
+    assert_eq!(o.code, Some(0), "{o}");
+    // An apply on that day records the flow it removes (first apply of the same policy on a fresh state).
+    let env2 = env.dir.join("state2");
+    let o = output(env.cmd(&["apply", p.to_str().unwrap(), "--yes", "--state-dir", env2.to_str().unwrap()]).env("FWCTL_TODAY", "2027-06-29"));
+    assert_eq!(o.code, Some(0), "{o}");
+    let o = output(env.cmd(&["apply", p.to_str().unwrap(), "--yes", "--state-dir", env2.to_str().unwrap()]).env("FWCTL_TODAY", "2027-07-01"));
+    assert_eq!(o.code, Some(0), "{o}");
+    assert!(o.stdout.contains("applied generation 2"), "the expiry must be applied:\n{o}");
+    let log = output(&mut env.cmd(&["audit", "log", "--json", "--state-dir", env2.to_str().unwrap()]));
+    let records: Value = serde_json::from_str(&log.stdout).unwrap();
+    let flows = &records.as_array().unwrap().last().unwrap()["summary"]["flows"];
+    let want2 = want.replace(env.state().to_str().unwrap(), env2.to_str().unwrap());
+    assert_eq!(flows, &serde_json::json!([want2]), "the audit record must name the flow removed");
+}
+
+/// Issue 9 (hostile input): `history`, `plan` and `audit` create nothing and
+/// change no mode; the audit trail does not verify when its head or log is gone.
+#[test]
+fn listing_commands_change_nothing_and_missing_trail_does_not_verify() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(env) = Env::new("fwro") else { return };
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    let shared = env.dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let link = env.dir.join("link");
+    std::os::unix::fs::symlink(&shared, &link).unwrap();
+    let p = env.policy("p", &base_text());
+    for dir in [&shared, &link] {
+        for args in [&["history"][..], &["history", "--json"], &["plan", p.to_str().unwrap()], &["audit", "verify"], &["audit", "log"]] {
+            let o = env.run_in(dir, args);
+            assert!(matches!(o.code, Some(0) | Some(2)), "{args:?} on an empty state dir:\n{o}");
+        }
+    }
+    assert_eq!(mode(&shared), 0o1777, "a listing command changed the state dir's mode");
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0, "a listing command created files");
+    // A state dir that does not exist: an error, and still nothing created.
+    let missing = env.dir.join("missing");
+    for args in [&["history"][..], &["audit", "verify"]] {
+        let o = env.run_in(&missing, args);
+        assert_eq!(o.code, Some(3), "{args:?} on a missing state dir:\n{o}");
+    }
+    assert!(!missing.exists());
+
+    // Truncation with audit.head deleted, or garbage; a deleted log next to generations.
+    env.apply_ok(&p, &[]);
+    env.apply_ok(&env.policy("p", &with_host04(&base_text())), &[]);
+    assert_eq!(env.run(&["audit", "verify"]).code, Some(0));
+    let log = std::fs::read_to_string(env.state().join("audit.jsonl")).unwrap();
+    let first = format!("{}\n", log.lines().next().unwrap());
+    let cases: Vec<(&str, Option<&str>, Option<&str>)> = vec![
+        ("truncated, head deleted", Some(first.as_str()), None),
+        ("truncated, head garbage", Some(first.as_str()), Some("garbage")),
+        ("whole log, head garbage", Some(log.as_str()), Some("{\"seq\":")),
+        ("log and head deleted", None, None),
+        ("log emptied, head deleted", Some(""), None),
+    ];
+    for (i, (what, text, head)) in cases.into_iter().enumerate() {
+        let copy = env.dir.join(format!("copy{i}"));
+        assert_eq!(output(Command::new("cp").arg("-a").arg(env.state()).arg(&copy)).code, Some(0));
+        let _ = std::fs::remove_file(copy.join("audit.jsonl"));
+        let _ = std::fs::remove_file(copy.join("audit.head"));
+        if let Some(t) = text {
+            std::fs::write(copy.join("audit.jsonl"), t).unwrap();
+        }
+        if let Some(h) = head {
+            std::fs::write(copy.join("audit.head"), h).unwrap();
+        }
+        let o = env.run_in(&copy, &["audit", "verify"]);
+        assert_eq!(o.code, Some(1), "{what}: must not verify:\n{o}");
+        assert_eq!(env.run_in(&copy, &["audit", "export"]).code, Some(1), "{what}: export must say it does not verify");
+    }
+}
+
+/// Issue 9 (hostile input): loose values are usage errors (exit 64), and a
+/// reason cannot carry control characters into the audit trail.
+#[test]
+fn loose_dates_and_reasons_are_usage_errors() {
+    let dir = std::env::temp_dir().join(format!("fwctl-loose-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = dir.join("state");
+    let run = |args: &[&str], today: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(args).arg("--state-dir").arg(&st).env("NO_COLOR", "1").env_remove("FWCTL_STATE_DIR");
+        match today {
+            Some(t) => c.env("FWCTL_TODAY", t),
+            None => c.env_remove("FWCTL_TODAY"),
+        };
+        output(&mut c)
+    };
+    let a = run(&["history"], Some("2027-02-30"));
+    let b = run(&["audit", "log", "--since", "yesterday"], None);
+    let c = run(&["rollback", "--reason", "fix\r#9 2027-01-01T00:00:00Z apply ok by root\x1b[K"], None);
+    let d = run(&["audit", "export", "--since", "2027-13-01"], None);
+    let _ = std::fs::remove_dir_all(&dir);
+    for (what, o) in [("FWCTL_TODAY=2027-02-30", &a), ("--since yesterday", &b), ("a reason with CR and ESC", &c), ("--since 2027-13-01", &d)] {
+        assert_eq!(o.code, Some(64), "{what}:\n{o}");
+    }
+    assert!(a.stderr.contains("FWCTL_TODAY"), "{a}");
+    assert!(!st.exists() || std::fs::read_dir(&st).map(|d| d.count()).unwrap_or(0) == 0);
 }

@@ -241,17 +241,146 @@ fn hash_files(files: &[(PathBuf, String)]) -> String {
 
 pub const HEADER: &str = "fwctl ruleset — generated; do not edit";
 
-/// Load and compile the previous generation from its snapshot.
-pub fn previous(state: &State, today: Date, caps: Capabilities) -> Result<Option<Previous>, String> {
+/// The date generation `meta` was compiled for: `expires` is judged on it.
+/// Generations written before fwctl recorded it: the day it was written (UTC).
+pub fn compiled_on(meta: &Meta) -> Date {
+    meta.compiled_on.as_deref().and_then(crate::sys::clock::parse_date).unwrap_or_else(|| crate::sys::clock::civil_date(meta.unix.div_euclid(86_400)))
+}
+
+/// Load and compile the current generation from its snapshot, as it was
+/// applied: for the date it was compiled for, so that a rule that has expired
+/// since is still in it (the kernel still runs it) and `plan` shows it going.
+pub fn previous(state: &State, caps: Capabilities) -> Result<Option<Previous>, String> {
     let Some(n) = state.current() else { return Ok(None) };
     let meta = state.meta(n).map_err(|e| e.to_string())?;
     let dir = state.gen_dir(n).join("policy");
-    let loaded = crate::check::load(&dir, today);
+    let loaded = crate::check::load(&dir, compiled_on(&meta));
     let Some(p) = loaded.policy.as_ref() else { return Err(format!("generation {n}: its policy snapshot no longer loads")) };
     let alloc: Option<Allocation> = state.read(n, "alloc.json").ok().and_then(|s| serde_json::from_str(&s).ok());
     let compiled = compile_with(p, caps, alloc.as_ref()).map_err(|e| format!("generation {n}: {e}"))?;
     let ruleset: Ruleset = state.read(n, "ruleset.json").ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_else(|| compiled.ruleset.clone());
     Ok(Some(Previous { number: n, meta, loaded, compiled, ruleset }))
+}
+
+/// The generation `fwctl rollback` (without `--to`) goes back to: the one that
+/// was in effect before the current one (pure, over the history, oldest first).
+/// None: there is none (nothing applied, or the current generation replaced no
+/// fwctl table).
+///
+/// Generations record the one they replaced. For older ones that do not, the
+/// newest earlier generation that was not rolled back automatically.
+pub fn rollback_target(history: &[Meta], current: Option<u64>) -> Option<u64> {
+    let cur = current?;
+    let exists = |n: u64| history.iter().any(|m| m.number == n);
+    if let Some(m) = history.iter().find(|m| m.number == cur).filter(|m| m.compiled_on.is_some()) {
+        return m.replaced.filter(|&r| exists(r));
+    }
+    let rolled_back = |n: u64| history.iter().any(|m| m.event == "rollback-auto" && m.replaced == Some(n));
+    history.iter().rev().map(|m| m.number).find(|&n| n < cur && !rolled_back(n))
+}
+
+/// Rules of a snapshot that have expired since it was compiled (`then`), as of
+/// `today`: "`name` (expired YYYY-MM-DD)". Pure.
+pub fn expired_since(p: &Policy, then: Date) -> Vec<String> {
+    p.rules.iter().filter(|r| r.expired && r.expires.is_some_and(|e| e >= then)).map(|r| format!("`{}` (expired {})", r.name, r.expires.expect("checked"))).collect()
+}
+
+/// A stored generation made ready to be loaded again today.
+pub struct Reapply {
+    /// ruleset.nft, ruleset.json, alloc.json, and the source's plan files.
+    pub files: Vec<(&'static str, String)>,
+    pub policy: Vec<(PathBuf, String)>,
+    /// Rules left out because they expired since the generation was compiled.
+    pub dropped: Vec<String>,
+    pub ruleset_hash: Option<String>,
+    /// The snapshot does not load today: its stored ruleset is used as it is, and
+    /// expiry could not be checked (why).
+    pub unchecked: Option<String>,
+}
+
+/// Generation `n` as it can be loaded `today`: its stored ruleset, or — when
+/// rules of its snapshot have expired since it was compiled — the snapshot
+/// recompiled for today, without them (`caps` is asked only then).
+pub fn reapply(state: &State, n: u64, today: Date, caps: &dyn Fn() -> Capabilities) -> Result<Reapply, String> {
+    let meta = state.meta(n).map_err(|e| e.to_string())?;
+    let policy = state.policy_files(n).map_err(|e| e.to_string())?;
+    let loaded = crate::check::load(&state.gen_dir(n).join("policy"), today);
+    let p = loaded.policy.as_ref().filter(|_| !loaded.has_errors());
+    let unchecked = p.is_none().then(|| format!("generation {n}'s policy snapshot no longer loads: its stored ruleset is used as it is, without checking `expires`"));
+    let dropped = p.map(|p| expired_since(p, compiled_on(&meta))).unwrap_or_default();
+    let mut files: Vec<(&'static str, String)> = vec![];
+    let mut ruleset_hash = None;
+    if let (Some(p), false) = (p, dropped.is_empty()) {
+        let alloc: Option<Allocation> = state.read(n, "alloc.json").ok().and_then(|s| serde_json::from_str(&s).ok());
+        let c = compile_with(p, caps(), alloc.as_ref()).map_err(|e| format!("generation {n}: {e}"))?;
+        files.push(("ruleset.nft", crate::render::nft::script(&c.ruleset, HEADER)));
+        files.push(("ruleset.json", serde_json::to_string(&c.ruleset).expect("json")));
+        files.push(("alloc.json", serde_json::to_string(&c.decision.alloc).expect("json")));
+        ruleset_hash = Some(crate::util::sha256_hex(crate::render::nft::table(&c.ruleset).as_bytes()));
+    } else {
+        files.push(("ruleset.nft", state.read(n, "ruleset.nft").map_err(|e| e.to_string())?));
+        for f in ["ruleset.json", "alloc.json"] {
+            if let Ok(t) = state.read(n, f) {
+                files.push((f, t));
+            }
+        }
+    }
+    for f in ["plan.txt", "plan.json"] {
+        if let Ok(t) = state.read(n, f) {
+            files.push((f, t));
+        }
+    }
+    Ok(Reapply { files, policy, dropped, ruleset_hash, unchecked })
+}
+
+/// What a rollback, automatic rollback or restore writes as its own generation.
+pub struct Restoring<'a> {
+    /// rollback, rollback-auto, restore
+    pub event: &'a str,
+    pub source: u64,
+    /// The generation in effect until now.
+    pub replaced: Option<u64>,
+    pub confirmed: bool,
+    pub reason: Option<String>,
+    pub now: i64,
+    pub today: Date,
+}
+
+/// A generation written again by [`create_restored`].
+pub struct Restored {
+    pub number: u64,
+    /// Rules left out because they have expired: "`name` (expired DATE)".
+    pub dropped: Vec<String>,
+    /// Expiry could not be checked (why).
+    pub unchecked: Option<String>,
+}
+
+/// Write generation `r.source` again as a new generation (its history row), for
+/// today (see [`reapply`]). The caller loads it.
+pub fn create_restored(state: &State, r: &Restoring, caps: &dyn Fn() -> Capabilities) -> Result<Restored, String> {
+    let src = state.meta(r.source).map_err(|e| e.to_string())?;
+    let re = reapply(state, r.source, r.today, caps)?;
+    let mut summary = format!("{} to generation {}", r.event, r.source);
+    if !re.dropped.is_empty() {
+        summary.push_str(&format!(" without expired rule(s) {}", re.dropped.join(", ")));
+    }
+    let mut meta = Meta {
+        time: audit::rfc3339(r.now),
+        unix: r.now,
+        event: r.event.into(),
+        source: Some(r.source),
+        replaced: r.replaced,
+        // As checked today; a ruleset taken unchecked keeps the date it was compiled for.
+        compiled_on: if re.unchecked.is_some() { Some(compiled_on(&src).to_string()) } else { Some(r.today.to_string()) },
+        confirmed: Some(r.confirmed),
+        actor: audit::actor(),
+        reason: r.reason.clone(),
+        summary,
+        ruleset_hash: re.ruleset_hash.clone().unwrap_or_else(|| src.ruleset_hash.clone()),
+        ..src
+    };
+    let number = state.create(&mut meta, &re.policy, &re.files).map_err(|e| e.to_string())?;
+    Ok(Restored { number, dropped: re.dropped, unchecked: re.unchecked })
 }
 
 // The error is the loaded policy with its diagnostics, for the caller to report.
@@ -530,6 +659,56 @@ pub fn state_err(e: StateError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(number: u64, event: &str, source: Option<u64>, replaced: Option<u64>, confirmed: bool) -> Meta {
+        Meta { number, event: event.into(), source, replaced, confirmed: Some(confirmed), compiled_on: Some("2027-01-01".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn rollback_goes_to_the_generation_in_effect_before_not_an_expired_one() {
+        // apply A; apply B --confirm, expired (A restored as 3); apply B --confirm, confirmed.
+        let h = vec![row(1, "apply", None, None, true), row(2, "apply", None, Some(1), false), row(3, "rollback-auto", Some(1), Some(2), true), row(4, "apply", None, Some(3), true)];
+        assert_eq!(rollback_target(&h, Some(4)), Some(3));
+        // During the window (2 current): back to 1.
+        assert_eq!(rollback_target(&h[..2], Some(2)), Some(1));
+        // After a rollback: what was in effect before it.
+        let mut h2 = h.clone();
+        h2.push(row(5, "rollback", Some(3), Some(4), true));
+        assert_eq!(rollback_target(&h2, Some(5)), Some(4));
+        // The first generation replaced nothing; nothing applied at all.
+        assert_eq!(rollback_target(&h[..1], Some(1)), None);
+        assert_eq!(rollback_target(&h, None), None);
+        // A generation applied after the table was removed replaced nothing either.
+        let h3 = vec![row(1, "apply", None, None, false), row(2, "apply", None, None, true)];
+        assert_eq!(rollback_target(&h3, Some(2)), None);
+        // The generation it replaced is gone (removed by hand): no target.
+        assert_eq!(rollback_target(&h[2..], Some(4)), Some(3));
+        assert_eq!(rollback_target(&[row(4, "apply", None, Some(3), true)], Some(4)), None);
+    }
+
+    #[test]
+    fn rollback_of_generations_without_a_record_of_what_they_replaced() {
+        let legacy = |n: u64, event: &str| Meta { number: n, event: event.into(), ..Default::default() };
+        assert_eq!(rollback_target(&[legacy(1, "apply"), legacy(2, "apply"), legacy(3, "apply")], Some(3)), Some(2));
+        // A generation rolled back automatically (recorded by a newer fwctl) is skipped.
+        let h = vec![legacy(1, "apply"), legacy(2, "apply"), row(3, "rollback-auto", Some(1), Some(2), true), legacy(4, "apply")];
+        assert_eq!(rollback_target(&h, Some(4)), Some(3));
+        let h = [legacy(1, "apply"), legacy(2, "apply"), legacy(4, "apply"), row(3, "rollback-auto", Some(1), Some(2), true)];
+        assert_eq!(rollback_target(&h[..3], Some(4)), Some(2));
+    }
+
+    #[test]
+    fn rules_expired_since_a_generation_was_compiled_are_dropped_on_restore() {
+        let text = "[interfaces.wan]\ndevice = \"eth0\"\nzone = \"internet\"\n[zones.internet]\n[[rules]]\nname = \"old\"\nfrom = \"internet\"\nto = \"self\"\nallow = [\"ssh\"]\nexpires = 2027-01-10\n[[rules]]\nname = \"temp\"\nfrom = \"internet\"\nto = \"self\"\nallow = [\"http\"]\nexpires = 2027-06-30\n[[rules]]\nname = \"keep\"\nfrom = \"internet\"\nto = \"self\"\nallow = [\"https\"]\n";
+        let d = |s: &str| crate::sys::clock::parse_date(s).unwrap();
+        let today = crate::check::load_str("p.toml", text, d("2027-07-01"));
+        let p = today.policy.as_ref().unwrap();
+        // Compiled on 2027-02-01: `old` had already expired then (it was not in the ruleset); `temp` expired since.
+        assert_eq!(expired_since(p, d("2027-02-01")), vec!["`temp` (expired 2027-06-30)"]);
+        assert_eq!(expired_since(p, d("2027-07-01")), Vec::<String>::new());
+        let before = crate::check::load_str("p.toml", text, d("2027-06-30"));
+        assert!(expired_since(before.policy.as_ref().unwrap(), d("2027-02-01")).is_empty());
+    }
 
     #[test]
     fn watchdog_waits_then_rolls_back_unless_confirmed() {

@@ -88,7 +88,8 @@ pub struct Head {
     pub hash: String,
 }
 
-/// Check a whole log (pure): the chain, the sequence, every hash, the head.
+/// Check a whole log (pure): the chain, the sequence, every hash, the head
+/// (`None`: there is no `audit.head`, which only a log of at most one record may lack).
 pub fn verify(text: &str, head: Option<&Head>) -> Result<Vec<Record>, Broken> {
     let mut out: Vec<Record> = vec![];
     let mut prev = GENESIS.to_string();
@@ -114,17 +115,56 @@ pub fn verify(text: &str, head: Option<&Head>) -> Result<Vec<Record>, Broken> {
         prev = r.hash.clone();
         out.push(r);
     }
-    if let Some(h) = head {
-        // The head is written after the record, so a crash between the two leaves
-        // it one record behind; anything else means records were cut off.
-        let last = out.len() as u64;
-        let hash_at = |seq: u64| if seq == 0 { Some(GENESIS.to_string()) } else { out.get(seq as usize - 1).map(|r| r.hash.clone()) };
-        let consistent = (h.seq == last || h.seq + 1 == last) && hash_at(h.seq).as_deref() == Some(h.hash.as_str());
-        if !consistent {
-            return Err(Broken {
-                line: out.len() + 1,
-                problem: format!("the log ends at record {last} but audit.head says {}: records were cut off the end", h.seq),
-            });
+    // A missing head is a head at the genesis: a crash may leave the very first
+    // record without its head, nothing more.
+    let genesis = Head { seq: 0, hash: GENESIS.into() };
+    let h = head.unwrap_or(&genesis);
+    // The head is written after the record, so a crash between the two leaves
+    // it one record behind; anything else means records were cut off.
+    let last = out.len() as u64;
+    let hash_at = |seq: u64| if seq == 0 { Some(GENESIS.to_string()) } else { usize::try_from(seq - 1).ok().and_then(|i| out.get(i)).map(|r| r.hash.clone()) };
+    let consistent = (h.seq == last || h.seq.checked_add(1) == Some(last)) && hash_at(h.seq).as_deref() == Some(h.hash.as_str());
+    if !consistent {
+        let problem = match head {
+            Some(h) => format!("the log ends at record {last} but audit.head says {}: records were cut off the end", h.seq),
+            None => format!("the log has {last} records but audit.head is missing: it was deleted, or the log was replaced"),
+        };
+        return Err(Broken { line: out.len() + 1, problem });
+    }
+    Ok(out)
+}
+
+/// What `audit.head` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadFile {
+    Missing,
+    /// Present but not a head record (why).
+    Invalid(String),
+    Valid(Head),
+}
+
+impl HeadFile {
+    pub fn head(&self) -> Option<&Head> {
+        match self {
+            HeadFile::Valid(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// Check a state directory's trail (pure): the log and its head file, and that
+/// generation `must_be_named` (the newest that is not in flight, if any) and so
+/// every one before it has its record — an empty or absent log next to
+/// generations is a deleted log, not an empty one.
+pub fn verify_trail(text: &str, head: &HeadFile, must_be_named: Option<u64>) -> Result<Vec<Record>, Broken> {
+    if let HeadFile::Invalid(why) = head {
+        return Err(Broken { line: 1, problem: format!("audit.head is not a head record ({why}): it was edited or replaced") });
+    }
+    let out = verify(text, head.head())?;
+    if let Some(g) = must_be_named.filter(|&g| g > 0) {
+        let named = out.iter().flat_map(|r| [r.generation, r.previous_generation]).flatten().max();
+        if named.is_none_or(|m| m < g) {
+            return Err(Broken { line: out.len() + 1, problem: format!("generation {g} exists but no record names it: records were removed (or the log was replaced)") });
         }
     }
     Ok(out)
@@ -142,7 +182,7 @@ impl Log<'_> {
     fn head_path(&self) -> std::path::PathBuf {
         self.dir.join("audit.head")
     }
-    pub fn read(&self) -> std::io::Result<(String, Option<Head>)> {
+    pub fn read(&self) -> std::io::Result<(String, HeadFile)> {
         let mut text = String::new();
         match File::open(self.path()) {
             Ok(mut f) => {
@@ -151,7 +191,14 @@ impl Log<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let head = std::fs::read_to_string(self.head_path()).ok().and_then(|s| serde_json::from_str(&s).ok());
+        let head = match std::fs::read(self.head_path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HeadFile::Missing,
+            Err(e) => return Err(e),
+            Ok(bytes) => match serde_json::from_slice::<Head>(&bytes) {
+                Ok(h) => HeadFile::Valid(h),
+                Err(e) => HeadFile::Invalid(e.to_string()),
+            },
+        };
         Ok((text, head))
     }
 
@@ -159,7 +206,7 @@ impl Log<'_> {
     /// update the head. Refuses to append to a log that does not verify.
     pub fn append(&self, mut r: Record) -> std::io::Result<Record> {
         let (text, head) = self.read()?;
-        let records = verify(&text, head.as_ref()).map_err(|b| std::io::Error::other(format!("audit log does not verify, not appending: {b}")))?;
+        let records = verify_trail(&text, &head, None).map_err(|b| std::io::Error::other(format!("audit log does not verify, not appending: {b}")))?;
         r.seq = records.len() as u64 + 1;
         r.prev_hash = records.last().map(|x| x.hash.clone()).unwrap_or_else(|| GENESIS.into());
         let line = seal(&mut r) + "\n";
@@ -182,7 +229,7 @@ impl Log<'_> {
     /// Refuse early (before any change) when the trail cannot take a new record.
     pub fn check_writable(&self) -> Result<(), String> {
         let (text, head) = self.read().map_err(|e| format!("cannot read the audit trail: {e}"))?;
-        verify(&text, head.as_ref()).map(|_| ()).map_err(|b| {
+        verify_trail(&text, &head, None).map(|_| ()).map_err(|b| {
             format!("the audit trail does not verify ({b}); nothing was changed. Keep the broken log as evidence (move audit.jsonl and audit.head aside) to start a new chain")
         })
     }
@@ -250,13 +297,14 @@ mod tests {
     fn a_good_log_verifies() {
         let (d, text) = log_with(4);
         let (_, head) = Log { dir: &d.0 }.read().unwrap();
-        assert_eq!(verify(&text, head.as_ref()).unwrap().len(), 4);
+        assert_eq!(verify(&text, head.head()).unwrap().len(), 4);
     }
 
     #[test]
     fn every_kind_of_tampering_is_caught() {
         let (d, text) = log_with(4);
         let (_, head) = Log { dir: &d.0 }.read().unwrap();
+        let head = head.head().cloned();
         let lines: Vec<&str> = text.lines().collect();
         let join = |v: Vec<&str>| v.iter().map(|l| format!("{l}\n")).collect::<String>();
         // edit
@@ -284,7 +332,7 @@ mod tests {
             log.append(Record { event: "apply".into(), summary: serde_json::json!({ "ms": x }), ..Default::default() }).unwrap();
         }
         let (text, head) = log.read().unwrap();
-        assert_eq!(verify(&text, head.as_ref()).unwrap().len(), 4);
+        assert_eq!(verify(&text, head.head()).unwrap().len(), 4);
     }
 
     #[test]
@@ -298,6 +346,42 @@ mod tests {
         let r1: Record = serde_json::from_str(lines[0]).unwrap();
         assert!(verify(&text, Some(&Head { seq: 1, hash: r1.hash })).is_err());
         let _ = d;
+    }
+
+    #[test]
+    fn a_deleted_or_garbage_head_does_not_hide_truncation() {
+        let (d, text) = log_with(4);
+        let lines: Vec<&str> = text.lines().collect();
+        let cut: String = lines[..2].iter().map(|l| format!("{l}\n")).collect();
+        // audit.head deleted: the cut log must not verify; nor the whole one.
+        let b = verify_trail(&cut, &HeadFile::Missing, None).unwrap_err();
+        assert!(b.problem.contains("audit.head is missing"), "{b}");
+        assert!(verify_trail(&text, &HeadFile::Missing, None).is_err());
+        // audit.head garbage.
+        std::fs::write(d.0.join("audit.head"), "not json").unwrap();
+        let (_, head) = Log { dir: &d.0 }.read().unwrap();
+        assert!(matches!(head, HeadFile::Invalid(_)));
+        assert!(verify_trail(&text, &head, None).unwrap_err().problem.contains("audit.head is not a head record"));
+        // A crash right after the very first record (its head not yet written) is not tampering.
+        let first = format!("{}\n", lines[0]);
+        assert_eq!(verify_trail(&first, &HeadFile::Missing, None).unwrap().len(), 1);
+        assert!(verify_trail("", &HeadFile::Missing, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_absent_log_next_to_generations_does_not_verify() {
+        let b = verify_trail("", &HeadFile::Missing, Some(3)).unwrap_err();
+        assert!(b.problem.contains("generation 3"), "{b}");
+        assert!(verify_trail("", &HeadFile::Missing, Some(1)).is_err());
+        assert!(verify_trail("", &HeadFile::Missing, Some(0)).is_ok());
+        // The newest generation named by a record: fine.
+        let d = tempdir::Dir::new();
+        let log = Log { dir: &d.0 };
+        log.append(Record { event: "apply".into(), generation: Some(3), ..Default::default() }).unwrap();
+        let (text, head) = log.read().unwrap();
+        assert_eq!(verify_trail(&text, &head, Some(3)).unwrap().len(), 1);
+        assert_eq!(verify_trail(&text, &head, Some(2)).unwrap().len(), 1);
+        assert!(verify_trail(&text, &head, Some(4)).is_err());
     }
 
     #[test]

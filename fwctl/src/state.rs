@@ -21,10 +21,22 @@ pub struct Meta {
     pub number: u64,
     pub time: String,
     pub unix: i64,
-    /// apply, rollback, restore
+    /// apply, rollback, rollback-auto (a confirm window ran out), restore
     pub event: String,
-    /// For a rollback: the generation whose ruleset was restored.
+    /// For a rollback, rollback-auto or restore: the generation whose policy
+    /// (and ruleset, less rules that have expired since) was restored.
     pub source: Option<u64>,
+    /// The generation that was in effect when this one took effect (None: no
+    /// fwctl table, or a generation written before fwctl recorded it).
+    #[serde(default)]
+    pub replaced: Option<u64>,
+    /// The date the ruleset was compiled for (`expires` is judged on it), YYYY-MM-DD.
+    #[serde(default)]
+    pub compiled_on: Option<String>,
+    /// Whether this generation was ever confirmed (applied without a window, or
+    /// `fwctl confirm`ed); None: written before fwctl recorded it.
+    #[serde(default)]
+    pub confirmed: Option<bool>,
     pub actor: crate::audit::Actor,
     pub reason: Option<String>,
     pub policy_path: String,
@@ -98,13 +110,39 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 impl State {
+    /// Open for changing the firewall: create the directory (0700) if it is
+    /// missing. An existing path must be a real directory (a symlink or a file is
+    /// refused, never chmodded); a directory fwctl did not create keeps its mode.
     pub fn open(dir: &Path) -> Result<State, StateError> {
-        if !dir.exists() {
-            io(format!("create {}", dir.display()), fs::DirBuilder::new().recursive(true).mode(0o700).create(dir))?;
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return Err(StateError::Corrupt(format!("{} is not a directory (symbolic links are not followed)", dir.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                io(format!("create {}", dir.display()), fs::DirBuilder::new().recursive(true).mode(0o700).create(dir))?;
+                io(format!("chmod {}", dir.display()), fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))?;
+            }
+            Err(e) => return Err(StateError::Io(format!("stat {}", dir.display()), e)),
         }
-        io(format!("chmod {}", dir.display()), fs::set_permissions(dir, fs::Permissions::from_mode(0o700)))?;
         io("create generations", fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.join("generations")))?;
         Ok(State { dir: dir.to_path_buf() })
+    }
+
+    /// Open for reading only (`plan`, `history`, `audit`): creates nothing,
+    /// changes no mode. A missing directory is not an error here (see
+    /// [`State::exists`]); a path that is not a directory is.
+    pub fn open_read_only(dir: &Path) -> Result<State, StateError> {
+        match fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(StateError::Corrupt(format!("{} is not a directory", dir.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StateError::Io(format!("stat {}", dir.display()), e)),
+        }
+        Ok(State { dir: dir.to_path_buf() })
+    }
+
+    /// Whether the state directory exists (nothing was ever applied when not).
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
     }
 
     /// Take the lock, waiting up to `wait` for another fwctl to finish.
@@ -136,6 +174,24 @@ impl State {
                 Err((_, e)) => return Err(StateError::Io("lock".into(), e.into())),
             }
         }
+    }
+
+    /// Whether another fwctl holds the lock now (read-only: the lock file is
+    /// neither created nor written).
+    pub fn busy(&self) -> bool {
+        use nix::fcntl::{Flock, FlockArg};
+        let Ok(f) = fs::File::open(self.dir.join("lock")) else { return false };
+        matches!(Flock::lock(f, FlockArg::LockSharedNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK)))
+    }
+
+    /// The newest generation whose audit record must exist: the newest one,
+    /// unless it is in flight (an apply holds the lock between writing a
+    /// generation and its record; a confirm window's generation may belong to
+    /// an apply that was killed, whose watchdog records it).
+    pub fn settled_generation(&self) -> Option<u64> {
+        let newest = *self.numbers().last()?;
+        let in_flight = self.busy() || self.pending().is_some_and(|p| p.generation == newest);
+        if in_flight { newest.checked_sub(1) } else { Some(newest) }
     }
 
     fn read_num(&self, name: &str) -> Option<u64> {
@@ -226,5 +282,108 @@ impl State {
 
     pub fn write_file(&self, n: u64, name: &str, text: &str) -> Result<(), StateError> {
         io(format!("write {name}"), write_atomic(&self.gen_dir(n).join(name), text.as_bytes()))
+    }
+
+    /// Record in generation `n`'s meta that it was confirmed.
+    pub fn mark_confirmed(&self, n: u64) -> Result<(), StateError> {
+        let mut m = self.meta(n)?;
+        if m.confirmed == Some(true) {
+            return Ok(());
+        }
+        m.confirmed = Some(true);
+        self.write_file(n, "meta.json", &serde_json::to_string_pretty(&m).expect("json"))
+    }
+
+    /// Every generation's meta, oldest first (unreadable ones left out).
+    pub fn metas(&self) -> Vec<Meta> {
+        self.numbers().into_iter().filter_map(|n| self.meta(n).ok()).collect()
+    }
+
+    /// The policy snapshot of generation `n`: (path relative to the snapshot, text).
+    pub fn policy_files(&self, n: u64) -> Result<Vec<(PathBuf, String)>, StateError> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+            let mut entries: Vec<PathBuf> = fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+            entries.sort();
+            for p in entries {
+                if fs::symlink_metadata(&p)?.is_dir() {
+                    walk(&p, out)?;
+                } else {
+                    out.push(p);
+                }
+            }
+            Ok(())
+        }
+        let root = self.gen_dir(n).join("policy");
+        let mut paths = vec![];
+        io(format!("read {}", root.display()), walk(&root, &mut paths))?;
+        let mut out = vec![];
+        for p in paths {
+            let text = io(format!("read {}", p.display()), fs::read_to_string(&p))?;
+            out.push((p.strip_prefix(&root).unwrap_or(&p).to_path_buf(), text));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    fn tmp(tag: &str) -> Tmp {
+        let p = std::env::temp_dir().join(format!("fwctl-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Tmp(p)
+    }
+    fn mode(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn opening_the_state_read_only_creates_and_chmods_nothing() {
+        let t = tmp("ro");
+        let shared = t.0.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let s = State::open_read_only(&shared).unwrap();
+        assert!(s.exists() && s.numbers().is_empty() && s.current().is_none());
+        assert_eq!(mode(&shared), 0o1777);
+        assert!(!shared.join("generations").exists());
+        let missing = t.0.join("missing");
+        assert!(!State::open_read_only(&missing).unwrap().exists());
+        assert!(!missing.exists());
+        let file = t.0.join("file");
+        fs::write(&file, "x").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(State::open_read_only(&file).is_err());
+        assert_eq!(mode(&file), 0o644);
+    }
+
+    #[test]
+    fn opening_the_state_for_changes_follows_no_symlink_and_chmods_no_file() {
+        let t = tmp("rw");
+        let shared = t.0.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let link = t.0.join("link");
+        std::os::unix::fs::symlink(&shared, &link).unwrap();
+        assert!(State::open(&link).is_err());
+        assert_eq!(mode(&shared), 0o1777);
+        let file = t.0.join("file");
+        fs::write(&file, "x").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(State::open(&file).is_err());
+        assert_eq!(mode(&file), 0o644);
+        // A new one is created 0700.
+        let fresh = t.0.join("fresh/state");
+        State::open(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
     }
 }

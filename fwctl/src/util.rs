@@ -1,4 +1,5 @@
-//! Small pure helpers with no better home: base64 (WireGuard keys), hashing.
+//! Small pure helpers with no better home: base64 (WireGuard keys), hashing,
+//! escaping text for a terminal.
 //!
 //! Must not: do I/O.
 
@@ -60,9 +61,49 @@ pub fn sha256_hex(data: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Text from a policy, a flag or a file made safe to print on one line of a
+/// terminal: every control character (C0 including newline and tab, DEL, C1)
+/// is written as `\xNN`, so that nothing can move the cursor,
+/// recolour, retitle the window or forge a line.
+pub fn escape_terminal(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, false)
+}
+
+/// [`escape_terminal`] for multi-line output: newlines are kept.
+pub fn escape_terminal_lines(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, true)
+}
+
+fn escape_with(s: &str, keep_newline: bool) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && !(keep_newline && c == '\n');
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            // Control characters (Unicode category Cc) are all below U+0100.
+            c if bad(c) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_escapes_cannot_reach_the_terminal() {
+        assert_eq!(escape_terminal("plain text → ünïcode"), "plain text → ünïcode");
+        assert_eq!(escape_terminal("ok\r#9 forged by root\x1b[2K"), "ok\\x0d#9 forged by root\\x1b[2K");
+        assert_eq!(escape_terminal("a\nb\tc\u{7f}\u{9b}"), "a\\x0ab\\x09c\\x7f\\x9b");
+        assert_eq!(escape_terminal_lines("line 1\nline\x1b2\n"), "line 1\nline\\x1b2\n");
+        for s in ["\u{1b}]0;title\u{7}", "\r\n", "x\u{85}y"] {
+            assert!(!escape_terminal(s).chars().any(|c| c.is_control()), "{s:?}");
+        }
+    }
 
     #[test]
     fn base64_roundtrip() {

@@ -37,8 +37,8 @@ pub struct ApplyArgs {
     /// Default: 120 at a terminal without --yes, otherwise none.
     #[arg(long)]
     pub confirm: Option<u32>,
-    /// Why (recorded in the audit trail; required with --force)
-    #[arg(long)]
+    /// Why (recorded in the audit trail; required with --force): one line, no control characters
+    #[arg(long, value_parser = super::state_args::parse_reason)]
     pub reason: Option<String>,
     /// Apply even though it cuts a management flow (anti-lockout); needs --reason
     #[arg(long)]
@@ -50,7 +50,7 @@ pub struct ApplyArgs {
 
 fn refuse(state: &crate::state::State, appliance: &str, path: &str, reason: &Option<String>, msgs: &[String]) -> u8 {
     for m in msgs {
-        eprintln!("refused: {m}");
+        eprintln!("refused: {}", crate::util::escape_terminal(m));
     }
     let mut r = apply::record("apply-refused", "refused", appliance, now());
     r.policy_path = Some(path.to_string());
@@ -69,7 +69,7 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     let today = crate::sys::clock::today();
     let caps = crate::sys::caps::detect(&a.state.nft);
     let path_text = a.policy.path.display().to_string();
-    let prev = match apply::previous(&state, today, caps) {
+    let prev = match apply::previous(&state, caps) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -99,14 +99,14 @@ pub fn exec(a: &ApplyArgs) -> u8 {
             return refuse(&state, &appliance, &path_text, &a.reason, &msgs);
         }
         for m in &r.messages {
-            eprintln!("warning (forced): {m}");
+            eprintln!("warning (forced): {}", crate::util::escape_terminal(m));
         }
         event = "apply-forced";
     }
     let tunnels = a.tunnels.tunnels();
     let plan = apply::plan(&d, prev.as_ref(), &kernel, tunnels.as_ref(), &state);
     if !a.out.json {
-        print!("{}", plan.text());
+        print!("{}", crate::util::escape_terminal_lines(&plan.text()));
     }
     // A tunnel whose change cannot even be planned (a key file others can read,
     // an endpoint that does not resolve, its interface taken) would fail the
@@ -142,10 +142,14 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     let confirm = a.confirm.unwrap_or(if interactive && !a.yes { INTERACTIVE_CONFIRM } else { 0 });
     let t = now();
     let (git_commit, git_dirty) = apply::git_info(&a.policy.path);
+    let previous = state.current();
     let mut meta = Meta {
         time: crate::audit::rfc3339(t),
         unix: t,
         event: "apply".into(),
+        replaced: previous,
+        compiled_on: Some(today.to_string()),
+        confirmed: Some(confirm == 0),
         actor: crate::audit::actor(),
         reason: a.reason.clone(),
         policy_path: path_text.clone(),
@@ -172,7 +176,6 @@ pub fn exec(a: &ApplyArgs) -> u8 {
             return EXIT_SYSTEM;
         }
     };
-    let previous = state.current();
     // The watchdog starts before the kernel changes, so a crash right after the
     // change still rolls back.
     if confirm > 0 {
@@ -247,7 +250,7 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     let old_policy = prev.as_ref().and_then(|pv| pv.loaded.policy.as_ref());
     let synced = tunnels.sync(p, old_policy);
     if let Some(e) = &synced.error {
-        eprint!("{}", apply::tunnels_text(&synced.done));
+        eprint!("{}", crate::util::escape_terminal_lines(&apply::tunnels_text(&synced.done)));
         eprintln!("error: the tunnels could not be brought to the new policy: {e}");
         let (message, code) = undo(&state, &kernel, tunnels.as_ref(), plan.ruleset_changes(), prev.as_ref(), p, previous, g, e);
         let mut r = apply::record("apply-failed", "failed", &appliance, now());
@@ -299,7 +302,7 @@ pub fn exec(a: &ApplyArgs) -> u8 {
     if a.out.json {
         println!("{}", serde_json::json!({"applied": true, "generation": g, "how": how, "via": via, "netlink_error": netlink_error, "kernel_ms": took.as_secs_f64() * 1000.0, "confirm_seconds": confirm, "tunnels": apply::tunnels_json(&synced.done), "plan": plan.json()}));
     } else {
-        print!("{}", apply::tunnels_text(&synced.done));
+        print!("{}", crate::util::escape_terminal_lines(&apply::tunnels_text(&synced.done)));
         let how_text = if via == "-" { how.to_string() } else { format!("{how} via {via}") };
         println!("applied generation {g} ({how_text}, kernel transaction {:.1} ms)", took.as_secs_f64() * 1000.0);
         if confirm > 0 {

@@ -1,4 +1,8 @@
 //! `fwctl audit verify|log|export`: check and read the hash-chained audit trail.
+//!
+//! Read-only: opens nothing for writing, creates nothing. A state directory that
+//! does not exist is an error (exit 3), not an empty trail; text from the
+//! records is escaped for the terminal.
 use super::state_args::StateArgs;
 use super::{EXIT_FAIL, EXIT_OK, EXIT_SYSTEM};
 use clap::{Args, Subcommand};
@@ -22,8 +26,8 @@ pub enum AuditAction {
     Log {
         #[command(flatten)]
         state: StateArgs,
-        /// Only records on or after this date (YYYY-MM-DD)
-        #[arg(long)]
+        /// Only records on or after this date (YYYY-MM-DD, UTC)
+        #[arg(long, value_parser = parse_since)]
         since: Option<String>,
         #[arg(long)]
         json: bool,
@@ -32,26 +36,49 @@ pub enum AuditAction {
     Export {
         #[command(flatten)]
         state: StateArgs,
-        #[arg(long)]
+        /// Only records on or after this date (YYYY-MM-DD, UTC)
+        #[arg(long, value_parser = parse_since)]
         since: Option<String>,
     },
 }
 
-fn read(s: &StateArgs) -> Result<(String, Option<crate::audit::Head>), u8> {
-    crate::audit::Log { dir: &s.state_dir }.read().map_err(|e| {
+/// `--since` must be a date: anything else would silently select nothing.
+fn parse_since(s: &str) -> Result<String, String> {
+    crate::sys::clock::parse_date(s).map(|d| d.to_string()).ok_or_else(|| format!("{s:?} is not a date (YYYY-MM-DD)"))
+}
+
+/// The log, its head file and the verification, of an existing state directory.
+struct Trail {
+    text: String,
+    head: crate::audit::HeadFile,
+    verified: Result<Vec<crate::audit::Record>, crate::audit::Broken>,
+}
+
+fn read(s: &StateArgs) -> Result<Trail, u8> {
+    let state = crate::state::State::open_read_only(&s.state_dir).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_SYSTEM
+    })?;
+    if !state.exists() {
+        eprintln!("error: there is no state directory at {}: nothing to verify", s.state_dir.display());
+        return Err(EXIT_SYSTEM);
+    }
+    let (text, head) = crate::audit::Log { dir: &state.dir }.read().map_err(|e| {
         eprintln!("error: cannot read the audit log: {e}");
         EXIT_SYSTEM
-    })
+    })?;
+    let verified = crate::audit::verify_trail(&text, &head, state.settled_generation());
+    Ok(Trail { text, head, verified })
 }
 
 pub fn exec(a: &AuditArgs) -> u8 {
     match &a.action {
         AuditAction::Verify { state, json } => {
-            let (text, head) = match read(state) {
+            let Trail { head, verified: r, .. } = match read(state) {
                 Ok(x) => x,
                 Err(c) => return c,
             };
-            let r = crate::audit::verify(&text, head.as_ref());
+            let head = head.head();
             match (&r, json) {
                 (Ok(v), true) => println!("{}", serde_json::json!({"ok": true, "records": v.len(), "head": head})),
                 (Err(b), true) => println!("{}", serde_json::json!({"ok": false, "first_bad": b})),
@@ -61,11 +88,11 @@ pub fn exec(a: &AuditArgs) -> u8 {
             if r.is_ok() { EXIT_OK } else { EXIT_FAIL }
         }
         AuditAction::Log { state, since, json } => {
-            let (text, head) = match read(state) {
+            let Trail { text, verified, .. } = match read(state) {
                 Ok(x) => x,
                 Err(c) => return c,
             };
-            let (records, broken) = match crate::audit::verify(&text, head.as_ref()) {
+            let (records, broken) = match verified {
                 Ok(v) => (v, None),
                 Err(b) => (text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(), Some(b)),
             };
@@ -74,25 +101,7 @@ pub fn exec(a: &AuditArgs) -> u8 {
                 println!("{}", serde_json::to_string_pretty(&keep).expect("json"));
             } else {
                 for r in &keep {
-                    let who = match &r.actor.sudo_user {
-                        Some(s) => format!("{s} (as {})", r.actor.user),
-                        None => r.actor.user.clone(),
-                    };
-                    let from = r.actor.ssh_origin.as_deref().map(|o| format!(" from {o}")).unwrap_or_default();
-                    let gen = r.generation.map(|g| format!(" gen {g}")).unwrap_or_default();
-                    println!("#{} {} {} {}{gen} by {who}{from} on {}", r.seq, r.time, r.event, r.result, r.host);
-                    if let Some(reason) = &r.reason {
-                        println!("    reason: {reason}");
-                    }
-                    if let Some(c) = &r.git_commit {
-                        println!("    policy: git {c}{}", if r.git_dirty == Some(true) { " (uncommitted changes)" } else { "" });
-                    }
-                    if let Some(t) = r.summary.get("text").and_then(|x| x.as_str()) {
-                        println!("    change: {t}");
-                    }
-                    if let Some(m) = &r.message {
-                        println!("    {m}");
-                    }
+                    print!("{}", log_text(r));
                 }
             }
             if let Some(b) = broken {
@@ -102,11 +111,11 @@ pub fn exec(a: &AuditArgs) -> u8 {
             EXIT_OK
         }
         AuditAction::Export { state, since } => {
-            let (text, head) = match read(state) {
+            let Trail { text, head, verified: v } = match read(state) {
                 Ok(x) => x,
                 Err(c) => return c,
             };
-            let v = crate::audit::verify(&text, head.as_ref());
+            let head = head.head();
             let records: Vec<crate::audit::Record> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|r: &crate::audit::Record| since.as_ref().is_none_or(|s| r.time.as_str() >= s.as_str())).collect();
             let doc = serde_json::json!({
                 "format": "fwctl-audit-export/1",
@@ -120,6 +129,62 @@ pub fn exec(a: &AuditArgs) -> u8 {
             });
             println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
             if v.is_ok() { EXIT_OK } else { EXIT_FAIL }
+        }
+    }
+}
+
+/// One record as `audit log` prints it; every field from the record is escaped
+/// (a reason or policy text cannot move the cursor or forge a line).
+fn log_text(r: &crate::audit::Record) -> String {
+    use crate::util::escape_terminal as esc;
+    let who = match &r.actor.sudo_user {
+        Some(s) => format!("{} (as {})", esc(s), esc(&r.actor.user)),
+        None => esc(&r.actor.user).into_owned(),
+    };
+    let from = r.actor.ssh_origin.as_deref().map(|o| format!(" from {}", esc(o))).unwrap_or_default();
+    let gen = r.generation.map(|g| format!(" gen {g}")).unwrap_or_default();
+    let mut s = format!("#{} {} {} {}{gen} by {who}{from} on {}\n", r.seq, esc(&r.time), esc(&r.event), esc(&r.result), esc(&r.host));
+    if let Some(reason) = &r.reason {
+        s.push_str(&format!("    reason: {}\n", esc(reason)));
+    }
+    if let Some(c) = &r.git_commit {
+        s.push_str(&format!("    policy: git {}{}\n", esc(c), if r.git_dirty == Some(true) { " (uncommitted changes)" } else { "" }));
+    }
+    if let Some(t) = r.summary.get("text").and_then(|x| x.as_str()) {
+        s.push_str(&format!("    change: {}\n", esc(t)));
+    }
+    if let Some(m) = &r.message {
+        s.push_str(&format!("    {}\n", esc(m)));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_log_escapes_a_forged_line_in_a_reason() {
+        let r = crate::audit::Record {
+            seq: 4,
+            event: "apply".into(),
+            result: "ok".into(),
+            reason: Some("fix\r#5 2027-01-01T00:00:00Z apply ok by root\x1b[K".into()),
+            git_commit: Some("ab\u{1b}]0;x\u{7}".into()),
+            message: Some("rule `a\nb`".into()),
+            ..Default::default()
+        };
+        let text = log_text(&r);
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(text.contains("reason: fix\\x0d#5"), "{text}");
+    }
+
+    #[test]
+    fn since_must_be_a_date() {
+        assert_eq!(parse_since("2027-06-30").as_deref(), Ok("2027-06-30"));
+        for bad in ["yesterday", "2027-02-30", "2027-6-1", ""] {
+            assert!(parse_since(bad).is_err(), "{bad}");
         }
     }
 }

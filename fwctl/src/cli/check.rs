@@ -1,4 +1,5 @@
-//! `fwctl check [PATH] [--strict] [--json]`: load, validate, compile, run [[tests]].
+//! `fwctl check [PATH] [--strict] [--json] [--expiring-within DAYS]`: load,
+//! validate, compile, run [[tests]]; warn about rules about to expire.
 use super::{OutputArgs, PolicyArgs, EXIT_FAIL, EXIT_OK};
 use crate::check::{load, management_diagnostics, run_tests, test_diagnostics};
 use crate::diag::{to_json, Diagnostic};
@@ -13,6 +14,9 @@ pub struct CheckArgs {
     /// Treat warnings as errors
     #[arg(long)]
     pub strict: bool,
+    /// Warn about rules that expire within DAYS days (0: never)
+    #[arg(long, value_name = "DAYS", default_value_t = crate::model::analyze::EXPIRING_WITHIN_DAYS)]
+    pub expiring_within: u32,
 }
 
 #[derive(serde::Serialize)]
@@ -33,6 +37,12 @@ pub fn exec(a: &CheckArgs) -> u8 {
     let mut loaded = load(&a.policy.path, today);
     let mut extra: Vec<Diagnostic> = vec![];
     let (mut tests, mut failed, mut kernel_rules, mut elements) = (0, 0, 0, 0);
+    // Among the policy's own warnings, in source order.
+    let soon = loaded.policy.as_ref().map(|p| crate::model::analyze::expiring(p, today, a.expiring_within)).unwrap_or_default();
+    if !soon.is_empty() {
+        loaded.diags.extend(soon);
+        crate::diag::sort(&mut loaded.diags);
+    }
     if let Some(p) = &loaded.policy {
         let results = run_tests(p);
         tests = results.len();

@@ -19,7 +19,7 @@ pub fn exec(a: &ConfirmArgs) -> u8 {
         println!("nothing to confirm (no confirm window is open)");
         return EXIT_OK;
     };
-    if let Err(e) = state.set_confirmed(Some(p.generation)).and_then(|_| state.set_pending(None)) {
+    if let Err(e) = state.mark_confirmed(p.generation).and_then(|_| state.set_confirmed(Some(p.generation))).and_then(|_| state.set_pending(None)) {
         eprintln!("error: {e}");
         return EXIT_SYSTEM;
     }

@@ -98,6 +98,10 @@ pub fn main() -> u8 {
             return code;
         }
     };
+    if let Err(e) = crate::sys::clock::check_today_env() {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
     match cli.command {
         Command::Check(a) => check::exec(&a),
         Command::Compile(a) => compile::exec(&a),

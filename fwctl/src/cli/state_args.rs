@@ -74,3 +74,33 @@ pub fn audit(state: &crate::state::State, r: crate::audit::Record) -> Result<(),
         super::EXIT_SYSTEM
     })
 }
+
+/// The longest `--reason` taken (characters).
+pub const REASON_MAX: usize = 500;
+
+/// `--reason`: one line of text for the audit trail and `history` — no control
+/// characters (a CR or ESC could overwrite the line it is printed on), at most
+/// [`REASON_MAX`] characters.
+pub fn parse_reason(s: &str) -> Result<String, String> {
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!("contains the control character U+{:04X}: a reason is one line of plain text", c as u32));
+    }
+    if s.chars().count() > REASON_MAX {
+        return Err(format!("is longer than {REASON_MAX} characters"));
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_with_control_characters_is_refused() {
+        assert_eq!(parse_reason("e2e: admins move to the console server — ok").as_deref(), Ok("e2e: admins move to the console server — ok"));
+        for bad in ["fix\r#5 apply ok by root", "a\x1b[2Kb", "two\nlines", "tab\there", "c1\u{9b}"] {
+            assert!(parse_reason(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_reason(&"x".repeat(REASON_MAX + 1)).is_err());
+    }
+}

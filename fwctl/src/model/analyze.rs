@@ -111,6 +111,33 @@ fn covers(p: &Policy, b: &Rule, a: &Rule) -> bool {
         && side_covers(p, &b.from, &a.from)
 }
 
+/// The days `check` warns ahead of a rule's `expires` (`--expiring-within`).
+pub const EXPIRING_WITHIN_DAYS: u32 = 14;
+
+/// Rules still in force that expire within `within` days of `today` (their
+/// flows close on their own then): one warning each.
+pub fn expiring(p: &Policy, today: super::Date, within: u32) -> Vec<Diagnostic> {
+    let mut out = vec![];
+    for r in p.rules.iter().filter(|r| r.active()) {
+        let Some(e) = r.expires else { continue };
+        // `expires` is the last day the rule is in force.
+        let left = crate::sys::clock::days_between(today, e);
+        if (0..i64::from(within)).contains(&left) {
+            let when = match left {
+                0 => "today is its last day".to_string(),
+                1 => "tomorrow is its last day".to_string(),
+                n => format!("in {n} days"),
+            };
+            out.push(
+                Diagnostic::warning("expiring", format!("rule `{}` expires on {e} ({when}): the flows it allows close then", r.name))
+                    .at(r.span, "expires soon")
+                    .note("move `expires` forward if it is still needed"),
+            );
+        }
+    }
+    out
+}
+
 /// Above this many rules the pairwise redundancy check is skipped (it is quadratic).
 pub const REDUNDANCY_LIMIT: usize = 20_000;
 

@@ -42,6 +42,9 @@ pub struct FlowChange {
     pub rules: Vec<String>,
     /// The rules are the old policy's (the flow lost the allow that decided it).
     pub previously: bool,
+    /// The allow was lost because its rule(s) expired (the latest date): shown
+    /// as `[expired DATE: rule …]`.
+    pub expired: Option<String>,
     #[serde(skip)]
     src_range: (IpAddr, IpAddr),
     #[serde(skip)]
@@ -55,6 +58,8 @@ impl FlowChange {
         let ports = if self.ports.0 == self.ports.1 { self.ports.0.to_string() } else { format!("{}-{}", self.ports.0, self.ports.1) };
         let rules = if self.rules.is_empty() {
             String::new()
+        } else if let Some(d) = &self.expired {
+            format!("  [expired {d}: rule {}]", self.rules.join(", "))
         } else {
             let word = if self.previously { "was allowed by" } else { "rule" };
             format!("  [{word} {}]", self.rules.join(", "))
@@ -439,6 +444,13 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
                                     }
                                     let previously = !is && after.rules.is_empty();
                                     let rules = if previously { rule_text(old, &before.rules) } else { rule_text(new, &after.rules) };
+                                    // Lost because every rule that allowed it has expired in the new policy.
+                                    let expired = if previously && !before.rules.is_empty() {
+                                        let dates: Option<Vec<crate::model::Date>> = before.rules.iter().map(|&r| pn.rules.iter().find(|x| x.name == po.rules[r].name && x.expired).and_then(|x| x.expires)).collect();
+                                        dates.and_then(|d| d.into_iter().max()).map(|d| d.to_string())
+                                    } else {
+                                        None
+                                    };
                                     // The appliance's own end is shown whole, as `self`.
                                     let whole = |lo: IpAddr, hi: IpAddr, local: bool| -> (IpAddr, IpAddr) {
                                         match (local, lo) {
@@ -458,6 +470,7 @@ pub fn diff(old: &Side, new: &Side) -> FlowDiff {
                                         ports: (plo, phi),
                                         rules,
                                         previously,
+                                        expired,
                                         src_range: whole(slo, shi, js.device.is_none()),
                                         dst_range: whole(dlo, dhi, jd.device.is_none()),
                                     });
@@ -607,6 +620,23 @@ allow = ["https"]
     fn new_deny_names_the_deny_rule() {
         let new = format!("{BASE}\n[[rules]]\nname = \"block-bad\"\nfrom = \"203.0.113.66\"\nto = \"host03\"\ndeny = [\"https\"]\n");
         assert_eq!(lines(BASE, &new), vec!["- allow internet 203.0.113.66 → host03 (192.0.2.13) tcp/443  [rule block-bad (new.toml:26)]"]);
+    }
+
+    #[test]
+    fn an_expired_rule_shows_as_expired_in_the_flow_change() {
+        let temp = "\n[[rules]]\nname = \"temp-ssh\"\nfrom = \"internet\"\nto = \"host04\"\nallow = [\"ssh\"]\nexpires = 2026-11-22\n";
+        let new = format!("{BASE}{temp}");
+        // The applied generation was compiled before the date (the rule is in force
+        // there); judged today it has expired.
+        let then = crate::model::Date { year: 2026, month: 11, day: 20 };
+        let today = crate::model::Date { year: 2026, month: 11, day: 23 };
+        let (lo, ln) = (load_str("old.toml", &new, then), load_str("new.toml", &new, today));
+        let (po, pn) = (lo.policy.as_ref().unwrap(), ln.policy.as_ref().unwrap());
+        let co = compile(po, Capabilities { flowtable: false }).unwrap();
+        let cn = crate::compile::compile_with(pn, Capabilities { flowtable: false }, Some(&co.decision.alloc)).unwrap();
+        let d = diff(&Side { policy: po, decision: &co.decision, sm: &lo.sm }, &Side { policy: pn, decision: &cn.decision, sm: &ln.sm });
+        let got: Vec<String> = d.changes.iter().map(|c| c.line()).collect();
+        assert_eq!(got, vec!["- allow internet → host04 (192.0.2.14) tcp/22  [expired 2026-11-22: rule temp-ssh (old.toml:26)]"]);
     }
 
     #[test]
