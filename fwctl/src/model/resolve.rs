@@ -153,7 +153,7 @@ impl Resolver<'_> {
             }
             let id = self.zones.len();
             if self.declare(&z.name, Named::Zone(id)) {
-                self.zones.push(Zone { name: z.name.v.clone(), ifaces: vec![], networks: nets, span: z.name.span });
+                self.zones.push(Zone { name: z.name.v.clone(), ifaces: vec![], networks: nets, antispoof: z.antispoof.as_ref().is_none_or(|b| b.v), span: z.name.span });
                 self.zone_ix.insert(z.name.v.clone(), id);
             }
         }

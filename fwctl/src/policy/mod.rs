@@ -95,9 +95,10 @@ pub fn parse_file(sm: &SourceMap, file: FileId, raw: &mut RawPolicy, diags: &mut
                 });
             }),
             "zones" => w.named_tables(item, kspan, "zones", |w, name, t, span| {
-                w.known_keys(t, &["networks"], &format!("zone `{}`", name.v), span);
+                w.known_keys(t, &["networks", "antispoof"], &format!("zone `{}`", name.v), span);
                 let networks = t.get("networks").map(|i| w.str_list(i, w.key_span(t, "networks", span), "networks"));
-                raw.zones.push(RawZone { name, networks });
+                let antispoof = w.opt_bool(t, "antispoof", span);
+                raw.zones.push(RawZone { name, networks, antispoof });
             }),
             "hosts" => w.named_values(item, kspan, "hosts", |w, name, i, span| {
                 let addrs = w.str_list(i, span, "a host's address");

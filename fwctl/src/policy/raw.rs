@@ -87,6 +87,8 @@ pub struct RawInterface {
 pub struct RawZone {
     pub name: Sp<String>,
     pub networks: Option<Vec<Sp<String>>>,
+    /// fwctl extension: `antispoof = false` lets the zone's networks arrive on any interface.
+    pub antispoof: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
