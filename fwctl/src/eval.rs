@@ -276,7 +276,10 @@ pub fn flow_packets(p: &Policy, f: &Flow) -> Vec<Packet> {
     };
     for (src, ia, dst, ib, hook) in pairs {
         for &(proto, port) in &f.probes {
-            let pkt = Packet { hook, iif: if hook == Hook::Output { None } else { dev(ia) }, oif: if hook == Hook::Input { None } else { dev(ib) }, src, dst, proto, port };
+            let pin = |d: &Option<crate::model::IfName>| d.as_ref().map(|d| d.as_str().to_string());
+            let iif = if hook == Hook::Output { None } else { pin(&f.iif).or_else(|| dev(ia)) };
+            let oif = if hook == Hook::Input { None } else { pin(&f.oif).or_else(|| dev(ib)) };
+            let pkt = Packet { hook, iif, oif, src, dst, proto, port };
             if family_ok(&pkt) {
                 out.push(pkt);
             }

@@ -124,7 +124,7 @@ pub fn spoofed_packets<'a>(p: &Policy, packets: impl Iterator<Item = &'a Packet>
 pub fn flow(p: &Policy, from: &str, to: &str, service: &str) -> Option<Flow> {
     let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &p.claimed };
     let svc = crate::model::services::builtin(service).or_else(|| custom_service(p, service))?;
-    Some(Flow { span: p.rules.first().map(|r| r.span)?, from: ctx.endpoint(from).ok()?, to: ctx.endpoint(to).ok()?, probes: svc.representatives(), service_text: service.into() })
+    Some(Flow { span: p.rules.first().map(|r| r.span)?, from: ctx.endpoint(from).ok()?, to: ctx.endpoint(to).ok()?, probes: svc.representatives(), service_text: service.into(), iif: None, oif: None })
 }
 
 fn custom_service(p: &Policy, name: &str) -> Option<crate::model::ServiceSet> {

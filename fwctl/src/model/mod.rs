@@ -154,6 +154,11 @@ pub struct Flow {
     pub to: Endpoint,
     pub probes: Vec<(Proto, u16)>,
     pub service_text: String,
+    /// Extension (`in` / `out`): the ingress / egress device of every packet of
+    /// the flow, declared or not (an undeclared device takes the ruleset's path
+    /// for those); None: the device each address lives behind.
+    pub iif: Option<IfName>,
+    pub oif: Option<IfName>,
 }
 
 /// A test/management endpoint: what was written and the concrete addresses chosen.

@@ -74,6 +74,9 @@ pub struct RawManagement {
     pub from: Option<Refs>,
     pub to: Option<Refs>,
     pub service: Option<Sp<String>>,
+    /// Extension: pin the ingress / egress device (`in`, `out`).
+    pub iif: Option<Sp<String>>,
+    pub oif: Option<Sp<String>>,
 }
 
 #[derive(Debug)]
@@ -181,4 +184,7 @@ pub struct RawTest {
     pub proto: Option<Sp<String>>,
     pub port: Option<Sp<RawPort>>,
     pub expect: Option<Sp<String>>,
+    /// Extension: pin the ingress / egress device (`in`, `out`).
+    pub iif: Option<Sp<String>>,
+    pub oif: Option<Sp<String>>,
 }
