@@ -80,7 +80,7 @@ fn generated_policy_real_packets_agree_with_the_evaluator() {
 fn real_packets_agree(p: &fwctl::model::Policy, random: usize) {
     let compiled = compile(p, Capabilities { flowtable: false }).expect("compiles");
     let script = fwctl::render::nft::script(&compiled.ruleset, "test");
-    let mut packets: Vec<_> = plan::lab_packets(p).into_iter().filter(|(o, _, _)| o.starts_with("test")).collect();
+    let mut packets: Vec<_> = plan::lab_packets(p).into_iter().filter(|(o, _, _)| o.starts_with("test") || o == "spoofed").collect();
     let tests_total = p.tests.len();
     packets.extend(random_flows(p, random));
     let plan = plan::plan(p, packets);
@@ -97,6 +97,46 @@ fn real_packets_agree(p: &fwctl::model::Policy, random: usize) {
     assert!(protos.len() >= 6, "TCP, UDP and ICMP over both families expected, got {protos:?}");
     assert_eq!(bad, 0, "real packets disagree with the evaluator:\n{table}");
     eprintln!("{} probes agree ({} skipped as not reproducible in the lab)", rows.len(), plan.skipped.len());
+}
+
+/// Issue 9, item 5: packets from the internet namespace carrying a rack source
+/// (the monitoring host 192.0.2.30 to 192.0.2.3 udp/161, the example of the
+/// issue, and forged copies of every `[[tests]]` row whose source is bound to
+/// its zone) are dropped by the kernel, as the evaluator says. Before
+/// anti-spoofing the first was delivered (the monitoring rule accepted it).
+#[test]
+fn spoofed_sources_from_the_internet_are_dropped() {
+    use fwctl::eval::{evaluate, Hook, Packet, Reason, Verdict};
+    use fwctl::model::Proto;
+    if !privileged_or_skip() {
+        return;
+    }
+    let p = reference();
+    let compiled = compile(&p, Capabilities { flowtable: false }).expect("compiles");
+    let script = fwctl::render::nft::script(&compiled.ruleset, "test");
+    let issue = Packet { hook: Hook::Forward, iif: Some("eth0".into()), oif: Some("eth1".into()), src: "192.0.2.30".parse().unwrap(), dst: "192.0.2.3".parse().unwrap(), proto: Proto::Udp, port: 161 };
+    assert_eq!(evaluate(&p, &issue).reason, Reason::Spoofed);
+    // The same packet from the rack is accepted: the drop is about where it came from.
+    let legit = Packet { iif: Some("eth1".into()), ..issue.clone() };
+    assert_eq!(evaluate(&p, &legit).verdict, Verdict::Accept);
+    let tests: Vec<_> = plan::lab_packets(&p).into_iter().filter(|(o, _, _)| o.starts_with("test")).collect();
+    let mut packets = vec![("issue".to_string(), "monitoring host forged on wan".to_string(), issue.clone()), ("legit".to_string(), "monitoring host on rack".to_string(), legit)];
+    packets.extend(plan::spoofed_packets(&p, tests.iter().map(|x| &x.2)).into_iter().map(|(_, f, pkt)| ("spoofed".to_string(), f, pkt)));
+    // The issue's packet is sent forged too (origin "spoofed" marks the forged client).
+    packets[0].0 = "spoofed".into();
+    let plan = plan::plan(&p, packets);
+    let spoofed: Vec<_> = plan.probes.iter().filter(|pp| pp.spoofed).collect();
+    assert!(spoofed.len() >= 4, "forged probes expected, got {}; skipped: {:?}", spoofed.len(), plan.skipped);
+    assert!(spoofed.iter().all(|pp| pp.expect == Verdict::Drop));
+    assert!(spoofed.iter().any(|pp| pp.packet == issue), "the issue's packet is probed");
+    assert!(spoofed.iter().any(|pp| pp.packet.src.is_ipv6()) && spoofed.iter().any(|pp| pp.packet.proto == Proto::Tcp), "IPv6 and TCP forged probes expected");
+    let mut lab = Lab::new(&unique_prefix("fws")).expect("lab");
+    lab::up(&mut lab, &plan, Some(&script)).expect("lab up");
+    let rows = lab::check(&lab, &plan, Duration::from_millis(800));
+    let (table, bad) = lab::table(&rows);
+    assert_eq!(bad, 0, "real packets disagree with the evaluator:\n{table}");
+    assert!(rows.iter().any(|(pp, o)| !pp.spoofed && matches!(o, Ok(fwctl::sys::probe::Observed::Delivered))), "the legitimate packet is delivered:\n{table}");
+    eprintln!("{} probes agree, {} forged", rows.len(), spoofed.len());
 }
 
 /// Devices no zone declares take the kernel's two-step dispatch (ingress, then

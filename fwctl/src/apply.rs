@@ -532,7 +532,7 @@ pub fn refusals(d: &Desired, prev: Option<&Previous>) -> Option<Refusal> {
                 messages.push(format!("the applied policy's management flow {} → {} ({}) names something the new policy removed", m.from.text, m.to.text, m.service_text));
                 continue;
             };
-            let flow = crate::model::Flow { span: m.span, from, to, probes: m.probes.clone(), service_text: m.service_text.clone() };
+            let flow = crate::model::Flow { span: m.span, from, to, probes: m.probes.clone(), service_text: m.service_text.clone(), iif: m.iif.clone(), oif: m.oif.clone() };
             let r = crate::check::run_flow(p, &flow, Expect::Allow);
             if let Some(k) = r.failure {
                 lockout = true;

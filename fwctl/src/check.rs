@@ -81,6 +81,20 @@ pub fn packet_text(pkt: &Packet) -> String {
     format!("{} → {} {}/{}", pkt.src, pkt.dst, pkt.proto.name(), pkt.port)
 }
 
+/// Why a packet got its verdict, for failure messages: the deciding rules, the
+/// default, or anti-spoofing (naming the zone the source belongs to).
+fn why_text(p: &Policy, sm: &SourceMap, pkt: &Packet, d: &Decision) -> String {
+    if d.reason == crate::eval::Reason::Spoofed {
+        let zones = crate::eval::spoofed(p, pkt).unwrap_or_default().iter().map(|&z| format!("`{}`", p.zones[z].name)).collect::<Vec<_>>().join(" / ");
+        return format!("spoofed: {} belongs to zone {zones} but arrived on {} (anti-spoofing)", pkt.src, pkt.iif.as_deref().unwrap_or("?"));
+    }
+    match (d.deny.is_empty(), d.allow.is_empty()) {
+        (false, _) => format!("denied by {}", rules_text(p, sm, &d.deny)),
+        (true, false) => format!("allowed by {}", rules_text(p, sm, &d.allow)),
+        (true, true) => "no rule matches: the default applies".to_string(),
+    }
+}
+
 /// Test failures and test definitions that produce no packet become errors.
 pub fn test_diagnostics(p: &Policy, sm: &SourceMap, results: &[FlowResult]) -> Vec<Diagnostic> {
     let mut out = vec![];
@@ -100,11 +114,7 @@ pub fn test_diagnostics(p: &Policy, sm: &SourceMap, results: &[FlowResult]) -> V
                 Verdict::Drop => "dropped",
                 Verdict::Reject => "rejected",
             };
-            let why = match (d.deny.is_empty(), d.allow.is_empty()) {
-                (false, _) => format!("denied by {}", rules_text(p, sm, &d.deny)),
-                (true, false) => format!("allowed by {}", rules_text(p, sm, &d.allow)),
-                (true, true) => "no rule matches: the default applies".to_string(),
-            };
+            let why = why_text(p, sm, pkt, d);
             let mut diag = Diagnostic::error("test-failed", format!("{what} failed: {} was {verdict}; {why}", packet_text(pkt))).at(t.flow.span, "this test fails");
             for &rid in d.deny.iter().chain(&d.allow) {
                 diag = diag.also(p.rules[rid].span, format!("rule `{}`", p.rules[rid].name));
@@ -124,7 +134,7 @@ pub fn management_diagnostics(p: &Policy, sm: &SourceMap) -> Vec<Diagnostic> {
             out.push(Diagnostic::error("management", format!("management flow {} → {} ({}) produces no packet", m.from.text, m.to.text, m.service_text)).at(m.span, "check its addresses"));
         } else if let Some(k) = r.failure {
             let (pkt, d) = &r.packets[k];
-            let why = if d.deny.is_empty() { "no rule allows it".to_string() } else { format!("denied by {}", rules_text(p, sm, &d.deny)) };
+            let why = if d.reason == crate::eval::Reason::Spoofed || !d.deny.is_empty() { why_text(p, sm, pkt, d) } else { "no rule allows it".to_string() };
             out.push(
                 Diagnostic::error("lockout", format!("this policy cuts the management flow {} → {} ({}): {} is refused, {why}", m.from.text, m.to.text, m.service_text, packet_text(pkt)))
                     .at(m.span, "management flow declared here")

@@ -6,7 +6,7 @@
 //! ruleset is checked against, and the engine of `explain` and `[[tests]]`.
 //! Must not: share code with the compiler's decision structures.
 
-use crate::model::{Action, DefaultVerdict, Flow, IfaceId, Policy, Proto, RuleId, Side};
+use crate::model::{Action, DefaultVerdict, Flow, IfaceId, Policy, Proto, RuleId, Side, ZoneId};
 use std::net::IpAddr;
 
 /// Which netfilter path the packet takes on the appliance.
@@ -50,6 +50,9 @@ pub enum Reason {
     Loopback,
     /// Essential ICMP/ICMPv6 (neighbour discovery, errors).
     EssentialIcmp,
+    /// Anti-spoofing: the source address belongs to a zone's networks, but the
+    /// packet arrived on an interface outside that zone. Always dropped.
+    Spoofed,
     /// A deny rule matched.
     Denied,
     /// An allow rule matched and no deny rule did.
@@ -94,6 +97,62 @@ pub fn side_matches(p: &Policy, side: &Side, dev: Option<&str>, addr: IpAddr, is
         || side.scoped.iter().any(|(z, a)| *z == zone && a.contains(addr))
 }
 
+/// Sources that are never bound to a zone: they are per link (IPv4 169.254/16,
+/// IPv6 fe80::/10) or mean "no address yet" (0.0.0.0, ::).
+pub fn antispoof_exempt(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => v.is_unspecified() || v.is_link_local(),
+        IpAddr::V6(v) => v.is_unspecified() || (v.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// The zones a source address is bound to by anti-spoofing, if it is bound.
+///
+/// Among the zones that have interfaces and list networks, those whose networks
+/// contain `addr` most narrowly (the smallest containing range, as a route's
+/// longest prefix) are its home. It is bound unless it is exempt or a home zone
+/// opted out (`antispoof = false`).
+pub fn source_home(p: &Policy, addr: IpAddr) -> Option<Vec<ZoneId>> {
+    if antispoof_exempt(addr) {
+        return None;
+    }
+    let width = |n: &crate::model::addr::AddrSet| -> Option<u128> {
+        match addr {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                n.v4.ranges().iter().find(|(l, h)| *l <= a && a <= *h).map(|(l, h)| u128::from(h - l))
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                n.v6.ranges().iter().find(|(l, h)| *l <= a && a <= *h).map(|(l, h)| h - l)
+            }
+        }
+    };
+    let found: Vec<(ZoneId, u128)> = p
+        .zones
+        .iter()
+        .enumerate()
+        .filter(|(_, z)| !z.ifaces.is_empty())
+        .filter_map(|(i, z)| z.networks.as_ref().and_then(width).map(|w| (i, w)))
+        .collect();
+    let best = found.iter().map(|x| x.1).min()?;
+    let home: Vec<ZoneId> = found.into_iter().filter(|x| x.1 == best).map(|x| x.0).collect();
+    home.iter().all(|&z| p.zones[z].antispoof).then_some(home)
+}
+
+/// Is this packet spoofed: does its source belong to a zone it did not arrive
+/// from? Only packets that arrive on an interface (input, forward) are judged;
+/// loopback input is accepted before this question is asked.
+/// Returns the source's home zones when it is.
+pub fn spoofed(p: &Policy, pkt: &Packet) -> Option<Vec<ZoneId>> {
+    if pkt.hook == Hook::Output {
+        return None;
+    }
+    let home = source_home(p, pkt.src)?;
+    let arrived = pkt.iif.as_deref().and_then(|d| p.zone_of_device(d));
+    (!arrived.is_some_and(|z| home.contains(&z))).then_some(home)
+}
+
 pub fn rule_matches(p: &Policy, r: RuleId, pkt: &Packet) -> bool {
     let rule = &p.rules[r];
     rule.active()
@@ -125,6 +184,10 @@ pub fn evaluate(p: &Policy, pkt: &Packet) -> Decision {
     }
     if is_essential_icmp(pkt.proto, pkt.port) {
         return none(Verdict::Accept, Reason::EssentialIcmp);
+    }
+    // Never rejected: a reply would go to the address that was forged.
+    if spoofed(p, pkt).is_some() {
+        return none(Verdict::Drop, Reason::Spoofed);
     }
     let mut allow = vec![];
     let mut deny = vec![];
@@ -213,7 +276,10 @@ pub fn flow_packets(p: &Policy, f: &Flow) -> Vec<Packet> {
     };
     for (src, ia, dst, ib, hook) in pairs {
         for &(proto, port) in &f.probes {
-            let pkt = Packet { hook, iif: if hook == Hook::Output { None } else { dev(ia) }, oif: if hook == Hook::Input { None } else { dev(ib) }, src, dst, proto, port };
+            let pin = |d: &Option<crate::model::IfName>| d.as_ref().map(|d| d.as_str().to_string());
+            let iif = if hook == Hook::Output { None } else { pin(&f.iif).or_else(|| dev(ia)) };
+            let oif = if hook == Hook::Input { None } else { pin(&f.oif).or_else(|| dev(ib)) };
+            let pkt = Packet { hook, iif, oif, src, dst, proto, port };
             if family_ok(&pkt) {
                 out.push(pkt);
             }
@@ -312,6 +378,73 @@ partners = ["198.51.100.0/24"]
         // The same source address arriving from the internet is a spoof.
         let spoofed = pkt(Hook::Forward, Some("eth0"), Some("eth1"), "10.200.0.2", "192.0.2.20", Proto::Tcp, 22);
         assert_eq!(evaluate(&p, &spoofed).verdict, Verdict::Drop);
+    }
+
+    fn monitoring(extra: &str) -> Policy {
+        policy(&format!("{BASE}{extra}\n[[rules]]\nname = \"monitoring\"\nfrom = [\"192.0.2.30\", \"2001:db8:10::30\"]\nto = \"rack\"\nallow = [\"snmp\"]\n"))
+    }
+
+    /// Issue 9, item 5: a rack source arriving on the WAN is a spoof, dropped
+    /// before any rule (it used to be accepted by the rule written for the host).
+    #[test]
+    fn wan_packet_with_a_rack_source_is_dropped_as_spoofed() {
+        let p = monitoring("");
+        let legit = pkt(Hook::Forward, Some("eth1"), Some("eth1"), "192.0.2.30", "192.0.2.3", Proto::Udp, 161);
+        assert_eq!((evaluate(&p, &legit).verdict, evaluate(&p, &legit).reason), (Verdict::Accept, Reason::Allowed));
+        for (src, dst) in [("192.0.2.30", "192.0.2.3"), ("2001:db8:10::30", "2001:db8:10::3")] {
+            let spoofed = pkt(Hook::Forward, Some("eth0"), Some("eth1"), src, dst, Proto::Udp, 161);
+            let d = evaluate(&p, &spoofed);
+            assert_eq!((d.verdict, d.reason, d.allow.len()), (Verdict::Drop, Reason::Spoofed, 0), "{src}");
+            assert_eq!(super::spoofed(&p, &spoofed), Some(vec![1]));
+            // Also to the appliance, and from a device the policy does not declare.
+            let input = pkt(Hook::Input, Some("eth0"), None, src, dst, Proto::Udp, 161);
+            assert_eq!(evaluate(&p, &input).reason, Reason::Spoofed);
+            let undeclared = pkt(Hook::Forward, Some("eth3"), Some("eth1"), src, dst, Proto::Udp, 161);
+            assert_eq!(evaluate(&p, &undeclared).reason, Reason::Spoofed);
+        }
+        // Spoofs are dropped even when the default is reject: a reset or ICMP
+        // error would go to the forged address.
+        let p = policy(&BASE.replace("default = \"drop\"", "default = \"reject\""));
+        let spoofed = pkt(Hook::Forward, Some("eth0"), Some("eth1"), "192.0.2.30", "192.0.2.3", Proto::Tcp, 22);
+        assert_eq!(evaluate(&p, &spoofed).verdict, Verdict::Drop);
+    }
+
+    #[test]
+    fn antispoof_false_lets_the_zones_networks_arrive_anywhere() {
+        let p = monitoring("");
+        let mut open = p.clone();
+        open.zones[1].antispoof = false;
+        let via_wan = pkt(Hook::Forward, Some("eth0"), Some("eth1"), "192.0.2.30", "192.0.2.3", Proto::Udp, 161);
+        assert_eq!(evaluate(&p, &via_wan).reason, Reason::Spoofed);
+        // Opted out: the source is unbound, and the host's rule matches wherever it arrives.
+        assert_eq!(evaluate(&open, &via_wan).reason, Reason::Allowed);
+        // Parsed from the policy file too.
+        let text = BASE.replace("[zones.rack]\n", "[zones.rack]\nantispoof = false\n");
+        assert!(!policy(&text).zones[1].antispoof);
+    }
+
+    #[test]
+    fn unbound_and_per_link_sources_are_never_spoofed() {
+        let p = policy(&format!("{BASE}[zones.lab]\nnetworks = [\"169.254.0.0/16\", \"fe80::/10\"]\n[interfaces.lab]\ndevice = \"eth2\"\nzone = \"lab\"\n"));
+        // An internet address on the rack interface: in no zone's networks, unbound.
+        assert_eq!(source_home(&p, "203.0.113.9".parse().unwrap()), None);
+        // Link-local and unspecified sources are per link, even if a zone lists them.
+        for a in ["169.254.1.1", "fe80::1", "0.0.0.0", "::"] {
+            assert_eq!(source_home(&p, a.parse().unwrap()), None, "{a}");
+        }
+        let ll = pkt(Hook::Input, Some("eth0"), None, "fe80::1", "fe80::2", Proto::Tcp, 22);
+        assert_ne!(evaluate(&p, &ll).reason, Reason::Spoofed);
+    }
+
+    #[test]
+    fn nested_networks_bind_a_source_to_the_narrowest_zone() {
+        let p = policy(&format!("{BASE}[zones.dmz]\nnetworks = [\"192.0.2.128/25\"]\n[interfaces.dmz]\ndevice = \"eth2\"\nzone = \"dmz\"\n"));
+        let dmz = p.zones.iter().position(|z| z.name == "dmz").unwrap();
+        assert_eq!(source_home(&p, "192.0.2.130".parse().unwrap()), Some(vec![dmz]));
+        assert_eq!(source_home(&p, "192.0.2.30".parse().unwrap()), Some(vec![1]));
+        assert_eq!(p.iface_for_addr("192.0.2.130".parse().unwrap()), p.iface_by_device("eth2"));
+        let on_rack = pkt(Hook::Forward, Some("eth1"), Some("eth0"), "192.0.2.130", "203.0.113.9", Proto::Tcp, 443);
+        assert_eq!(evaluate(&p, &on_rack).reason, Reason::Spoofed);
     }
 
     #[test]

@@ -52,12 +52,17 @@ fn reference_ruleset_with_flowtable() {
 
 #[test]
 fn explain_answers() {
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 8] = [
         ("explain-internet-db03-mssql.txt", &["--src", "203.0.113.200", "--dst", "192.0.2.20", "--proto", "tcp", "--port", "1433"]),
         ("explain-partner-db03-mssql.txt", &["--src", "198.51.100.5", "--dst", "192.0.2.20", "--proto", "tcp", "--port", "1433"]),
         ("explain-admin-self-ssh.txt", &["--src", "10.200.0.2", "--dst", "self", "--proto", "tcp", "--port", "22"]),
         ("explain-port-forward.txt", &["--src", "203.0.113.200", "--dst", "203.0.113.10", "--proto", "tcp", "--port", "443"]),
         ("explain-spoofed-peer.txt", &["--src", "10.200.0.2", "--dst", "192.0.2.3", "--proto", "tcp", "--port", "22", "--in", "wan"]),
+        // Anti-spoofing: the monitoring host's address arriving on the WAN.
+        ("explain-spoofed-rack-source.txt", &["--src", "192.0.2.30", "--dst", "192.0.2.3", "--proto", "udp", "--port", "161", "--in", "wan"]),
+        ("explain-spoofed-rack-source.json", &["--src", "192.0.2.30", "--dst", "192.0.2.3", "--proto", "udp", "--port", "161", "--in", "wan", "--json"]),
+        // A device the policy does not declare takes the ruleset's undeclared path.
+        ("explain-undeclared-device.txt", &["--src", "203.0.113.200", "--dst", "192.0.2.20", "--proto", "tcp", "--port", "1433", "--in", "eth3"]),
     ];
     for (name, args) in cases {
         let mut a = vec!["explain", "policies/carif-oref"];

@@ -7,7 +7,7 @@
 
 use fwctl::check::load_str;
 use fwctl::compile::{compile, sim::Sim, Capabilities};
-use fwctl::eval::{evaluate, Hook, Packet, Verdict};
+use fwctl::eval::{evaluate, Hook, Packet, Reason, Verdict};
 use fwctl::model::{Date, Proto};
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -15,7 +15,10 @@ use std::net::IpAddr;
 use fwctl::gen::Rng;
 
 const V4_NETS: [&str; 6] = ["192.0.2.0/25", "192.0.2.128/26", "198.51.100.0/24", "203.0.113.0/28", "10.200.0.0/24", "0.0.0.0/0"];
-const V6_NETS: [&str; 4] = ["2001:db8:10::/64", "2001:db8:20::/64", "fd00:200::/64", "2001:db8::/32"];
+/// Zone networks: nested (192.0.2.0/24 around /25 and /26) and per-link ones
+/// (exempt from anti-spoofing) included.
+const ZONE_V4: [&str; 7] = ["192.0.2.0/25", "192.0.2.128/26", "198.51.100.0/24", "203.0.113.0/28", "10.200.0.0/24", "192.0.2.0/24", "169.254.0.0/16"];
+const ZONE_V6: [&str; 4] = ["2001:db8:10::/64", "2001:db8:20::/64", "fd00:200::/64", "fe80::/10"];
 const SERVICES: [&str; 8] = ["ssh", "https", "dns", "ping", "mysql", "ntp", "svc-a", "svc-b"];
 
 /// A random but valid policy, as TOML text.
@@ -37,7 +40,11 @@ fn policy(rng: &mut Rng) -> String {
         }
         let _ = writeln!(t, "[zones.z{z}]");
         if rng.chance(60) {
-            let _ = writeln!(t, "networks = [\"{}\", \"{}\"]", rng.pick(&V4_NETS[..5]), rng.pick(&V6_NETS[..3]));
+            let _ = writeln!(t, "networks = [\"{}\", \"{}\"]", rng.pick(&ZONE_V4), rng.pick(&ZONE_V6));
+        }
+        // Anti-spoofing is on by default; some zones opt out (asymmetric routing).
+        if rng.chance(20) {
+            let _ = writeln!(t, "antispoof = false");
         }
     }
     let _ = writeln!(t, "[zones.zaddr]\nnetworks = [\"198.51.100.64/26\", \"2001:db8:30::/48\"]");
@@ -90,7 +97,7 @@ fn policy(rng: &mut Rng) -> String {
 
 fn addr(rng: &mut Rng, v6: bool) -> IpAddr {
     if v6 {
-        let pool = ["2001:db8:10::1", "2001:db8:10::80", "2001:db8:10::ff", "2001:db8:20::5", "fd00:200::2", "fd00:200::3", "2001:db8:30::1", "2001:db8:ffff::1", "2001:db8:10::100", "2001:db8:40::1000"];
+        let pool = ["2001:db8:10::1", "2001:db8:10::80", "2001:db8:10::ff", "2001:db8:20::5", "fd00:200::2", "fd00:200::3", "2001:db8:30::1", "2001:db8:ffff::1", "2001:db8:10::100", "2001:db8:40::1000", "fe80::1", "::"];
         let base: IpAddr = rng.pick(&pool).parse().unwrap();
         if rng.chance(50) {
             if let IpAddr::V6(b) = base {
@@ -99,7 +106,7 @@ fn addr(rng: &mut Rng, v6: bool) -> IpAddr {
         }
         base
     } else {
-        let pool = ["192.0.2.1", "192.0.2.63", "192.0.2.64", "192.0.2.127", "192.0.2.128", "198.51.100.7", "198.51.100.64", "198.51.100.200", "203.0.113.5", "10.200.0.2", "10.200.0.3", "8.8.8.8"];
+        let pool = ["192.0.2.1", "192.0.2.63", "192.0.2.64", "192.0.2.127", "192.0.2.128", "198.51.100.7", "198.51.100.64", "198.51.100.200", "203.0.113.5", "10.200.0.2", "10.200.0.3", "8.8.8.8", "169.254.7.7", "0.0.0.0"];
         let base: IpAddr = rng.pick(&pool).parse().unwrap();
         if rng.chance(50) {
             if let IpAddr::V4(b) = base {
@@ -142,6 +149,7 @@ fn compiled_structure_agrees_with_reference_evaluator() {
     let today = Date { year: 2026, month: 11, day: 23 };
     let mut checked = 0;
     let mut accepted = 0;
+    let mut spoofed = 0;
     for case in 0..cases {
         let text = policy(&mut rng);
         let loaded = load_str("prop.toml", &text, today);
@@ -161,12 +169,16 @@ fn compiled_structure_agrees_with_reference_evaluator() {
             }
             checked += 1;
             accepted += usize::from(want.verdict == Verdict::Accept);
+            spoofed += usize::from(want.reason == Reason::Spoofed);
         }
     }
-    eprintln!("checked {checked} (policy, packet) pairs, {accepted} accepted");
+    eprintln!("checked {checked} (policy, packet) pairs, {accepted} accepted, {spoofed} dropped as spoofed");
     assert!(checked >= 10_000 || cases < 250);
     // Both outcomes must be well represented, or the property proves little.
     assert!(accepted * 10 > checked && accepted * 10 < checked * 9, "accepted {accepted} of {checked}");
+    // Spoofed sources (a zone's address on another zone's or an undeclared
+    // device) must be generated too, or anti-spoofing goes unchecked.
+    assert!(spoofed * 20 > checked || cases < 250, "only {spoofed} of {checked} packets were spoofed");
 }
 
 /// `before` address-only zones, then the interface zones `internet` (no networks),

@@ -2,7 +2,7 @@
 //! the verdict for one new connection, the rules that decide it, and the path taken.
 use super::{OutputArgs, PolicyArgs, EXIT_FAIL, EXIT_OK, EXIT_USAGE};
 use crate::eval::{appliance_addr, evaluate, Hook, Packet, Reason, Verdict};
-use crate::model::{Policy, Proto};
+use crate::model::{IfName, Policy, Proto};
 use clap::Args;
 use std::net::IpAddr;
 
@@ -24,10 +24,12 @@ pub struct ExplainArgs {
     /// Destination port (TCP/UDP) or ICMP type (default: echo request)
     #[arg(long)]
     pub port: Option<u16>,
-    /// Ingress interface (device or [interfaces] key); inferred from zone networks
+    /// Ingress interface (device or [interfaces] key, or a device the policy does
+    /// not declare); inferred from zone networks
     #[arg(long = "in")]
     pub iif: Option<String>,
-    /// Egress interface (device or [interfaces] key); inferred from zone networks
+    /// Egress interface (device or [interfaces] key, or a device the policy does
+    /// not declare); inferred from zone networks
     #[arg(long = "out")]
     pub oif: Option<String>,
 }
@@ -58,10 +60,18 @@ struct Explanation {
     reason: Reason,
     allowed_by: Vec<RuleRef>,
     denied_by: Vec<RuleRef>,
+    /// Anti-spoofing: the zones the source address belongs to, when it arrived elsewhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    source_zones: Vec<String>,
 }
 
-fn device(p: &Policy, s: &str) -> Option<String> {
-    p.ifaces.iter().find(|i| i.key == s || i.device.as_str() == s).map(|i| i.device.to_string()).or_else(|| (s == "lo").then(|| s.to_string()))
+/// A device of the policy by `[interfaces]` key or device name; any other valid
+/// device name is an undeclared device (the ruleset's path for those applies).
+fn device(p: &Policy, s: &str) -> Result<String, String> {
+    if let Some(i) = p.ifaces.iter().find(|i| i.key == s || i.device.as_str() == s) {
+        return Ok(i.device.to_string());
+    }
+    IfName::new(s).map(|d| d.to_string()).map_err(|e| format!("error: `{}` is not a valid device name: {e}", s.escape_debug()))
 }
 
 pub fn exec(a: &ExplainArgs) -> u8 {
@@ -102,7 +112,7 @@ pub fn exec(a: &ExplainArgs) -> u8 {
     let lookup = |name: &Option<String>| -> Result<Option<String>, String> {
         match name {
             None => Ok(None),
-            Some(n) => device(p, n).map(Some).ok_or_else(|| format!("error: `{n}` is not an interface of this policy")),
+            Some(n) => device(p, n).map(Some),
         }
     };
     let (iif, oif) = match (lookup(&a.iif), lookup(&a.oif)) {
@@ -171,6 +181,11 @@ pub fn exec(a: &ExplainArgs) -> u8 {
         }).collect()
     };
     let zone_of = |dev: &Option<String>| dev.as_deref().and_then(|d| p.zone_of_device(d)).map(|z| p.zones[z].name.clone());
+    let source_zones = if d.reason == Reason::Spoofed {
+        crate::eval::spoofed(p, &pkt).unwrap_or_default().into_iter().map(|z| p.zones[z].name.clone()).collect()
+    } else {
+        vec![]
+    };
     let ex = Explanation {
         iif_zone: zone_of(&pkt.iif),
         oif_zone: zone_of(&pkt.oif),
@@ -179,6 +194,7 @@ pub fn exec(a: &ExplainArgs) -> u8 {
         reason: d.reason,
         allowed_by: refs(&d.allow),
         denied_by: refs(&d.deny),
+        source_zones,
         packet: pkt,
     };
     if a.out.json {
@@ -193,7 +209,8 @@ fn text(ex: &Explanation) -> String {
     let pkt = &ex.packet;
     let side = |dev: &Option<String>, zone: &Option<String>| match (dev, zone) {
         (Some(d), Some(z)) => format!("{d} (zone {z})"),
-        (Some(d), None) => format!("{d} (no zone)"),
+        (Some(d), None) if d == "lo" => "lo (loopback)".to_string(),
+        (Some(d), None) => format!("{d} (undeclared device: no zone)"),
         (None, _) => "?".to_string(),
     };
     let path = match pkt.hook {
@@ -214,6 +231,12 @@ fn text(ex: &Explanation) -> String {
     let why = match ex.reason {
         Reason::Loopback => "loopback traffic of the appliance is always accepted".to_string(),
         Reason::EssentialIcmp => "essential ICMP (errors, neighbour discovery) is always accepted".to_string(),
+        Reason::Spoofed => format!(
+            "spoofed: {} belongs to zone {} but arrived on {} (anti-spoofing drops it before any rule; `antispoof = false` on the zone turns this off)",
+            pkt.src,
+            ex.source_zones.iter().map(|z| format!("`{z}`")).collect::<Vec<_>>().join(" / "),
+            pkt.iif.as_deref().unwrap_or("?")
+        ),
         Reason::Denied => format!("denied by {}", list(&ex.denied_by)),
         Reason::Allowed => format!("allowed by {}", list(&ex.allowed_by)),
         Reason::Default if pkt.hook == Hook::Output => "the appliance's own traffic is accepted unless a rule denies it".to_string(),

@@ -7,6 +7,7 @@
 //! Established/related traffic is accepted first; essential ICMP and loopback always.
 //! Must not: do I/O, or let rule order influence the result.
 
+pub mod antispoof;
 pub mod decide;
 pub mod ir;
 pub mod nat;
@@ -334,6 +335,41 @@ impl Builder<'_> {
         Some(name.into())
     }
 
+    /// Anti-spoofing: the bound sources and, per family, where each is authentic;
+    /// the rules that drop a new connection whose source arrived elsewhere: the
+    /// zone check (exact, from the policy) and the reverse-path check (`fib`: the
+    /// route back to the source must leave by the ingress interface).
+    fn antispoof(&mut self) -> Vec<String> {
+        let p = self.p;
+        let g = antispoof::guard(p);
+        let mut rules = vec![];
+        for (fam, ip, v4) in [("4", "ip", true), ("6", "ip6", false)] {
+            let (key, vals): (KeyType, Vec<Val>) = if v4 {
+                (KeyType::Ipv4Addr, g.guarded.v4.ranges().iter().map(|&(l, h)| Val::V4(l, h)).collect())
+            } else {
+                (KeyType::Ipv6Addr, g.guarded.v6.ranges().iter().map(|&(l, h)| Val::V6(l, h)).collect())
+            };
+            if vals.is_empty() {
+                continue;
+            }
+            let mut homes = vec![];
+            for (z, a) in &g.homes {
+                let ranges: Vec<Val> = if v4 { a.v4.ranges().iter().map(|&(l, h)| Val::V4(l, h)).collect() } else { a.v6.ranges().iter().map(|&(l, h)| Val::V6(l, h)).collect() };
+                for &i in &p.zones[*z].ifaces {
+                    for r in &ranges {
+                        homes.push(Elem { key: vec![Val::Ifname(p.ifaces[i].device.to_string()), r.clone()], data: None, comment: None });
+                    }
+                }
+            }
+            let (set, home) = (format!("antispoof{fam}"), format!("antispoof_home{fam}"));
+            self.sets.push(Set { name: set.clone(), key: vec![key], data: None, interval: true, counter: false, comment: format!("IPv{fam} sources bound to the interfaces of their zone"), elements: vals.into_iter().map(|v| Elem { key: vec![v], data: None, comment: None }).collect() });
+            self.sets.push(Set { name: home.clone(), key: vec![KeyType::Ifname, key], data: None, interval: true, counter: false, comment: format!("IPv{fam} bound sources, by the devices they may arrive on"), elements: homes });
+            rules.push(format!("{ip} saddr @{set} iifname . {ip} saddr != @{home} counter drop"));
+            rules.push(format!("{ip} saddr @{set} fib saddr . iif oif missing counter drop"));
+        }
+        rules
+    }
+
     fn filter(&mut self, d: &Decision, flowtable: bool) {
         let p = self.p;
         let (icmp4, icmp6) = crate::eval::essential_icmp_types();
@@ -498,7 +534,9 @@ impl Builder<'_> {
             v.push(format!("counter {refuse}"));
             v
         };
+        let spoof = self.antispoof();
         let mut input = head(Some("iifname"));
+        input.extend(spoof.iter().cloned());
         input.push("jump in_classify".into());
         input.extend(default_tail("input"));
         let mut forward = vec![];
@@ -506,6 +544,7 @@ impl Builder<'_> {
             forward.push("ct state established meta l4proto { tcp, udp } flow add @ft".into());
         }
         forward.extend(head(None));
+        forward.extend(spoof);
         forward.push("jump fwd_classify".into());
         forward.extend(default_tail("forward"));
         let mut output = head(Some("oifname"));

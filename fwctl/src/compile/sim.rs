@@ -72,6 +72,11 @@ impl<'a> Sim<'a> {
         if lo || is_essential_icmp(pkt.proto, pkt.port) {
             return done(Verdict::Accept, vec![], None);
         }
+        // The anti-spoofing sets, ahead of the classification (input, forward).
+        // The kernel's `fib` check agrees where routes follow the zones' networks.
+        if pkt.hook != Hook::Output && super::antispoof::guard(p).drops(pkt.iif.as_deref().and_then(|d| p.zone_of_device(d)), pkt.src) {
+            return done(Verdict::Drop, vec![], Some("antispoof".into()));
+        }
         if pkt.hook == Hook::Output && !self.d.output_relevant {
             return done(Verdict::Accept, vec![], None);
         }

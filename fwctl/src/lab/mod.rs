@@ -99,7 +99,12 @@ pub fn check(lab: &Lab, plan: &Plan, timeout: Duration) -> Vec<(PlannedProbe, Re
                 crate::model::Proto::Udp => probe::Proto::Udp,
                 _ => probe::Proto::Icmp,
             };
-            Probe::new(proto, &ns_name(lab, plan, pp.client), pp.packet.src, &ns_name(lab, plan, pp.server), pp.packet.dst, pp.packet.port)
+            let probe = Probe::new(proto, &ns_name(lab, plan, pp.client), pp.packet.src, &ns_name(lab, plan, pp.server), pp.packet.dst, pp.packet.port);
+            if pp.spoofed {
+                probe.spoofed()
+            } else {
+                probe
+            }
         })
         .collect();
     let results = probe::run_many(&probes, timeout, 48);

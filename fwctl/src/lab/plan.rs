@@ -44,6 +44,8 @@ pub struct PlannedProbe {
     pub expect: Verdict,
     pub client: Where,
     pub server: Where,
+    /// The client sends from a source it does not hold (anti-spoofing probes).
+    pub spoofed: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -82,6 +84,39 @@ pub fn lab_packets(p: &Policy) -> Vec<(String, String, Packet)> {
             }
         }
     }
+    let spoofs = spoofed_packets(p, out.iter().map(|x| &x.2));
+    out.extend(spoofs);
+    out
+}
+
+/// At most this many anti-spoofing probes per lab.
+pub const MAX_SPOOFED: usize = 32;
+
+/// Anti-spoofing probes: TCP/UDP packets of the other rows whose source is bound
+/// to its zone, sent again from the "internet" — the first interface of a zone
+/// without networks (else any interface outside the source's zone) — with the
+/// same forged source. The evaluator expects them dropped.
+pub fn spoofed_packets<'a>(p: &Policy, packets: impl Iterator<Item = &'a Packet>) -> Vec<(String, String, Packet)> {
+    let outside = |home: &[crate::model::ZoneId]| -> Option<String> {
+        let foreign = |z: &crate::model::Zone| !z.ifaces.is_empty() && !home.iter().any(|h| p.zones[*h].name == z.name);
+        let zone = p.zones.iter().find(|z| foreign(z) && z.networks.is_none()).or_else(|| p.zones.iter().find(|z| foreign(z)))?;
+        Some(p.ifaces[zone.ifaces[0]].device.to_string())
+    };
+    let mut out = vec![];
+    let mut seen = std::collections::BTreeSet::new();
+    for pkt in packets {
+        if out.len() >= MAX_SPOOFED || pkt.hook == Hook::Output || !matches!(pkt.proto, Proto::Tcp | Proto::Udp) {
+            continue;
+        }
+        let Some(home) = crate::eval::source_home(p, pkt.src) else { continue };
+        let Some(iif) = outside(&home) else { continue };
+        let spoof = Packet { iif: Some(iif.clone()), ..pkt.clone() };
+        if crate::eval::spoofed(p, &spoof).is_none() || !seen.insert((spoof.src, spoof.dst, spoof.proto.name(), spoof.port)) {
+            continue;
+        }
+        let text = format!("{} forged on {iif} (zone {})", spoof.src, home.iter().map(|z| p.zones[*z].name.as_str()).collect::<Vec<_>>().join("/"));
+        out.push(("spoofed".into(), text, spoof));
+    }
     out
 }
 
@@ -89,7 +124,7 @@ pub fn lab_packets(p: &Policy) -> Vec<(String, String, Packet)> {
 pub fn flow(p: &Policy, from: &str, to: &str, service: &str) -> Option<Flow> {
     let ctx = crate::model::resolve::EndpointCtx { policy: p, claimed: &p.claimed };
     let svc = crate::model::services::builtin(service).or_else(|| custom_service(p, service))?;
-    Some(Flow { span: p.rules.first().map(|r| r.span)?, from: ctx.endpoint(from).ok()?, to: ctx.endpoint(to).ok()?, probes: svc.representatives(), service_text: service.into() })
+    Some(Flow { span: p.rules.first().map(|r| r.span)?, from: ctx.endpoint(from).ok()?, to: ctx.endpoint(to).ok()?, probes: svc.representatives(), service_text: service.into(), iif: None, oif: None })
 }
 
 fn custom_service(p: &Policy, name: &str) -> Option<crate::model::ServiceSet> {
@@ -158,6 +193,7 @@ pub fn plan(p: &Policy, packets: Vec<(String, String, Packet)>) -> Plan {
             (_, Some(e)) => Ok(e),
         });
     }
+    let spoofed: Vec<bool> = packets.iter().map(|(o, _, _)| o == "spoofed").collect();
     // Place addresses: same-segment pairs first (they need the two sides), then the rest.
     let mut at: Placement = Default::default();
     let mut sides: Vec<Option<(Where, Where)>> = vec![None; packets.len()];
@@ -170,6 +206,8 @@ pub fn plan(p: &Policy, packets: Vec<(String, String, Packet)>) -> Plan {
             }
             let client = match c {
                 None => fw.contains(&pkt.src).then_some(Where::Firewall),
+                // A forged source is not placed: the client sends from it without holding it.
+                Some(seg) if spoofed[k] => Some(Where::Segment(seg, false)),
                 Some(seg) => place(&mut at, &fw, pkt.src, seg, false).map(|b| Where::Segment(seg, b)),
             };
             let server = match (s, client) {
@@ -190,7 +228,8 @@ pub fn plan(p: &Policy, packets: Vec<(String, String, Packet)>) -> Plan {
             (Ok(_), None) => plan.skipped.push((origin, pkt, "an address of this packet already lives elsewhere in the lab".into())),
             (Ok(_), Some((client, server))) => {
                 let expect = evaluate(p, &pkt).verdict;
-                plan.probes.push(PlannedProbe { origin, flow: flow_text, packet: pkt, expect, client, server });
+                let spoofed = origin == "spoofed";
+                plan.probes.push(PlannedProbe { origin, flow: flow_text, packet: pkt, expect, client, server, spoofed });
             }
         }
     }

@@ -103,6 +103,31 @@ impl<T: Point> Ranges<T> {
         }
         Ranges { r: out }
     }
+    /// The values of `self` that are not in `o`.
+    pub fn difference(&self, o: &Self) -> Self {
+        let mut out = vec![];
+        let mut j = 0;
+        for &(lo, hi) in &self.r {
+            let mut cur = Some(lo);
+            while j < o.r.len() && o.r[j].1 < lo {
+                j += 1;
+            }
+            let mut k = j;
+            while let Some(c) = cur {
+                if k >= o.r.len() || o.r[k].0 > hi {
+                    out.push((c, hi));
+                    break;
+                }
+                let (olo, ohi) = o.r[k];
+                if olo > c {
+                    out.push((c, olo.pred().expect("olo > c")));
+                }
+                cur = if ohi >= hi { None } else { ohi.succ() };
+                k += 1;
+            }
+        }
+        Ranges { r: out }
+    }
     pub fn intersects(&self, o: &Self) -> bool {
         !self.intersect(o).is_empty()
     }
@@ -153,6 +178,9 @@ impl AddrSet {
     }
     pub fn is_subset(&self, o: &Self) -> bool {
         self.v4.is_subset(&o.v4) && self.v6.is_subset(&o.v6)
+    }
+    pub fn difference(&self, o: &Self) -> Self {
+        AddrSet { v4: self.v4.difference(&o.v4), v6: self.v6.difference(&o.v6) }
     }
     pub fn add_net(&mut self, n: &Net) {
         match n {
@@ -314,8 +342,10 @@ mod tests {
         fn algebra_matches_membership(a in arb(), b in arb()) {
             let u = a.union(&b);
             let i = a.intersect(&b);
+            let d = a.difference(&b);
             for x in 0..=255u8 {
                 prop_assert_eq!(u.contains(x), a.contains(x) || b.contains(x));
+                prop_assert_eq!(d.contains(x), a.contains(x) && !b.contains(x));
                 prop_assert_eq!(i.contains(x), a.contains(x) && b.contains(x));
             }
             let sub = (0..=255u8).all(|x| !a.contains(x) || b.contains(x));

@@ -86,6 +86,10 @@ pub struct Zone {
     pub ifaces: Vec<IfaceId>,
     /// `None`: the zone lists no networks (it matches by interface alone).
     pub networks: Option<AddrSet>,
+    /// Anti-spoofing (default on): the zone's networks, used as a source, are
+    /// authentic only on the zone's interfaces; elsewhere they are dropped.
+    /// `false` (asymmetric routing): they may arrive on any interface.
+    pub antispoof: bool,
     pub span: Span,
 }
 
@@ -150,6 +154,11 @@ pub struct Flow {
     pub to: Endpoint,
     pub probes: Vec<(Proto, u16)>,
     pub service_text: String,
+    /// Extension (`in` / `out`): the ingress / egress device of every packet of
+    /// the flow, declared or not (an undeclared device takes the ruleset's path
+    /// for those); None: the device each address lives behind.
+    pub iif: Option<IfName>,
+    pub oif: Option<IfName>,
 }
 
 /// A test/management endpoint: what was written and the concrete addresses chosen.
@@ -306,16 +315,18 @@ impl Policy {
         self.iface_by_device(dev).map(|i| self.ifaces[i].zone)
     }
     /// The interface an address most plausibly lives behind: the first interface of
-    /// the zone whose networks contain it (most specific zone wins), else the first
-    /// interface of a zone that lists no networks (the "default route" zone).
+    /// the zone whose networks contain it (most specific zone wins: the smallest
+    /// range of its networks around the address, as a route's longest prefix),
+    /// else the first interface of a zone that lists no networks (the "default
+    /// route" zone).
     pub fn iface_for_addr(&self, a: IpAddr) -> Option<IfaceId> {
         let mut best: Option<(u128, IfaceId)> = None;
         for z in &self.zones {
             let (Some(nets), Some(&i)) = (&z.networks, z.ifaces.first()) else { continue };
             if nets.contains(a) {
                 let size = match a {
-                    IpAddr::V4(_) => nets.v4.ranges().iter().map(|(l, h)| (h - l) as u128 + 1).sum(),
-                    IpAddr::V6(_) => nets.v6.ranges().iter().map(|(l, h)| h.wrapping_sub(*l)).sum(),
+                    IpAddr::V4(x) => nets.v4.ranges().iter().find(|(l, h)| *l <= u32::from(x) && u32::from(x) <= *h).map_or(0, |(l, h)| u128::from(h - l)),
+                    IpAddr::V6(x) => nets.v6.ranges().iter().find(|(l, h)| *l <= u128::from(x) && u128::from(x) <= *h).map_or(0, |(l, h)| h - l),
                 };
                 if best.is_none_or(|(s, _)| size < s) {
                     best = Some((size, i));

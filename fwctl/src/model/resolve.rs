@@ -153,7 +153,7 @@ impl Resolver<'_> {
             }
             let id = self.zones.len();
             if self.declare(&z.name, Named::Zone(id)) {
-                self.zones.push(Zone { name: z.name.v.clone(), ifaces: vec![], networks: nets, span: z.name.span });
+                self.zones.push(Zone { name: z.name.v.clone(), ifaces: vec![], networks: nets, antispoof: z.antispoof.as_ref().is_none_or(|b| b.v), span: z.name.span });
                 self.zone_ix.insert(z.name.v.clone(), id);
             }
         }
@@ -850,10 +850,35 @@ impl Resolver<'_> {
         c
     }
 
-    fn flow(&mut self, ep: &EndpointCtx, span: Span, from: &Sp<String>, to: &Sp<String>, probes: Vec<(Proto, u16)>, service_text: String) -> Option<Flow> {
+    #[allow(clippy::too_many_arguments)]
+    fn flow(&mut self, ep: &EndpointCtx, span: Span, from: &Sp<String>, to: &Sp<String>, probes: Vec<(Proto, u16)>, service_text: String, devs: (Option<IfName>, Option<IfName>)) -> Option<Flow> {
         let f = self.endpoint(ep, from);
         let t = self.endpoint(ep, to);
-        Some(Flow { span, from: f?, to: t?, probes, service_text })
+        Some(Flow { span, from: f?, to: t?, probes, service_text, iif: devs.0, oif: devs.1 })
+    }
+
+    /// A flow's `in` / `out` (extension): an `[interfaces]` key or a VPN name gives
+    /// its device; any other valid device name is a device the policy does not
+    /// declare. `in` needs a source that is not `self`, `out` a destination that
+    /// is not `self` (the appliance's end has no interface). Err: reported.
+    fn flow_devices(&mut self, iif: &Option<Sp<String>>, oif: &Option<Sp<String>>, from_self: bool, to_self: bool) -> Result<(Option<IfName>, Option<IfName>), ()> {
+        let mut one = |s: &Option<Sp<String>>, key: &str, is_self: bool| -> Result<Option<IfName>, ()> {
+            let Some(s) = s else { return Ok(None) };
+            if is_self {
+                let end = if key == "in" { "from" } else { "to" };
+                self.err(Diagnostic::error("invalid-value", format!("`{key}` names a device, but `{end}` is `self`: the appliance's own end has no interface")).at(s.span, format!("remove `{key}`")));
+                return Err(());
+            }
+            if let Some(i) = self.ifaces.iter().find(|i| i.key == s.v || i.device.as_str() == s.v) {
+                return Ok(Some(i.device.clone()));
+            }
+            IfName::new(&s.v).map(Some).map_err(|e| {
+                self.err(Diagnostic::error("invalid-device", format!("invalid device name `{}`: {e}", s.v)).at(s.span, "an [interfaces] key, or a device name"));
+            })
+        };
+        let i = one(iif, "in", from_self);
+        let o = one(oif, "out", to_self);
+        Ok((i?, o?))
     }
 
     fn endpoint(&mut self, ep: &EndpointCtx, s: &Sp<String>) -> Option<Endpoint> {
@@ -882,9 +907,12 @@ impl Resolver<'_> {
             let Some(set) = self.service(svc) else { continue };
             let froms: Vec<Option<Endpoint>> = from.v.iter().map(|f| self.endpoint(ep, f)).collect();
             let tos: Vec<Option<Endpoint>> = to.v.iter().map(|t| self.endpoint(ep, t)).collect();
+            let from_self = from.v.iter().any(|f| f.v == "self");
+            let to_self = to.v.iter().any(|t| t.v == "self");
+            let Ok((iif, oif)) = self.flow_devices(&m.iif, &m.oif, from_self, to_self) else { continue };
             for f in froms.iter().flatten() {
                 for t in tos.iter().flatten() {
-                    out.push(Flow { span: m.span, from: f.clone(), to: t.clone(), probes: set.representatives(), service_text: svc.v.clone() });
+                    out.push(Flow { span: m.span, from: f.clone(), to: t.clone(), probes: set.representatives(), service_text: svc.v.clone(), iif: iif.clone(), oif: oif.clone() });
                 }
             }
         }
@@ -961,7 +989,8 @@ impl Resolver<'_> {
                     continue;
                 }
             };
-            if let Some(flow) = self.flow(ep, t.span, from, to, probes, text) {
+            let Ok(devs) = self.flow_devices(&t.iif, &t.oif, from.v == "self", to.v == "self") else { continue };
+            if let Some(flow) = self.flow(ep, t.span, from, to, probes, text, devs) {
                 out.push(Test { flow, expect });
             }
         }

@@ -95,9 +95,10 @@ pub fn parse_file(sm: &SourceMap, file: FileId, raw: &mut RawPolicy, diags: &mut
                 });
             }),
             "zones" => w.named_tables(item, kspan, "zones", |w, name, t, span| {
-                w.known_keys(t, &["networks"], &format!("zone `{}`", name.v), span);
+                w.known_keys(t, &["networks", "antispoof"], &format!("zone `{}`", name.v), span);
                 let networks = t.get("networks").map(|i| w.str_list(i, w.key_span(t, "networks", span), "networks"));
-                raw.zones.push(RawZone { name, networks });
+                let antispoof = w.opt_bool(t, "antispoof", span);
+                raw.zones.push(RawZone { name, networks, antispoof });
             }),
             "hosts" => w.named_values(item, kspan, "hosts", |w, name, i, span| {
                 let addrs = w.str_list(i, span, "a host's address");
@@ -168,6 +169,8 @@ pub fn parse_file(sm: &SourceMap, file: FileId, raw: &mut RawPolicy, diags: &mut
                     proto: w.opt_str(t, "proto", span),
                     port: t.get("port").and_then(|i| w.port(i, w.key_span(t, "port", span))),
                     expect: w.opt_str(t, "expect", span),
+                    iif: w.opt_str(t, "in", span),
+                    oif: w.opt_str(t, "out", span),
                 });
             }),
             _ => {}
@@ -180,7 +183,7 @@ const TOP_KEYS: [&str; 11] =
 const RULE_KEYS: [&str; 9] = ["name", "from", "to", "allow", "deny", "comment", "owner", "expires", "log"];
 const VPN_KEYS: [&str; 6] = ["zone", "listen_port", "addresses", "private_key_file", "mtu", "peers"];
 const PEER_KEYS: [&str; 6] = ["name", "public_key", "allowed_ips", "endpoint", "keepalive", "preshared_key_file"];
-const TEST_KEYS: [&str; 6] = ["from", "to", "service", "proto", "port", "expect"];
+const TEST_KEYS: [&str; 8] = ["from", "to", "service", "proto", "port", "expect", "in", "out"];
 
 /// Walks one file's TOML tree, reporting type and key errors as it goes.
 struct Walker<'a> {
@@ -419,12 +422,14 @@ impl Walker<'_> {
             let ms = self.key_span(t, "management", span);
             let mut out = vec![];
             self.table_list(m, ms, "management", |w, mt, s| {
-                w.known_keys(mt, &["from", "to", "service"], "a management flow", s);
+                w.known_keys(mt, &["from", "to", "service", "in", "out"], "a management flow", s);
                 out.push(RawManagement {
                     span: s,
                     from: w.opt_refs(mt, "from", s),
                     to: w.opt_refs(mt, "to", s),
                     service: w.opt_str(mt, "service", s),
+                    iif: w.opt_str(mt, "in", s),
+                    oif: w.opt_str(mt, "out", s),
                 });
             });
             fw.management.extend(out);

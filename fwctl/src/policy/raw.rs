@@ -74,6 +74,9 @@ pub struct RawManagement {
     pub from: Option<Refs>,
     pub to: Option<Refs>,
     pub service: Option<Sp<String>>,
+    /// Extension: pin the ingress / egress device (`in`, `out`).
+    pub iif: Option<Sp<String>>,
+    pub oif: Option<Sp<String>>,
 }
 
 #[derive(Debug)]
@@ -87,6 +90,8 @@ pub struct RawInterface {
 pub struct RawZone {
     pub name: Sp<String>,
     pub networks: Option<Vec<Sp<String>>>,
+    /// fwctl extension: `antispoof = false` lets the zone's networks arrive on any interface.
+    pub antispoof: Option<Sp<bool>>,
 }
 
 #[derive(Debug)]
@@ -179,4 +184,7 @@ pub struct RawTest {
     pub proto: Option<Sp<String>>,
     pub port: Option<Sp<RawPort>>,
     pub expect: Option<Sp<String>>,
+    /// Extension: pin the ingress / egress device (`in`, `out`).
+    pub iif: Option<Sp<String>>,
+    pub oif: Option<Sp<String>>,
 }

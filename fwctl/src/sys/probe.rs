@@ -55,6 +55,9 @@ pub struct Probe {
     pub dst: IpAddr,
     pub proto: Proto,
     pub port: u16,
+    /// `src` is not an address of the client namespace: the client sends from it
+    /// anyway (IP_TRANSPARENT), as an attacker forging a source would (TCP, UDP).
+    pub spoofed: bool,
 }
 
 impl Probe {
@@ -73,7 +76,13 @@ impl Probe {
             dst,
             proto,
             port,
+            spoofed: false,
         }
+    }
+
+    /// The same probe, sent from a forged source (see [`Probe::spoofed`]).
+    pub fn spoofed(self) -> Probe {
+        Probe { spoofed: true, ..self }
     }
 }
 
@@ -88,8 +97,13 @@ impl fmt::Display for Probe {
             ),
             _ => write!(
                 f,
-                "{proto} {} -> {} port {} ({} -> {})",
-                self.src, self.dst, self.port, self.client_ns, self.server_ns
+                "{proto} {} -> {} port {} ({} -> {}){}",
+                self.src,
+                self.dst,
+                self.port,
+                self.client_ns,
+                self.server_ns,
+                if self.spoofed { " spoofed" } else { "" }
             ),
         }
     }
@@ -154,6 +168,9 @@ pub fn run(probe: &Probe, timeout: Duration) -> Result<Observed, Error> {
     }
     if probe.proto != Proto::Icmp && probe.port == 0 {
         return invalid("port 0");
+    }
+    if probe.spoofed && probe.proto == Proto::Icmp {
+        return invalid("spoofed probes are TCP or UDP");
     }
     if timeout < Duration::from_millis(1) {
         return invalid("timeout below 1 ms");
@@ -260,6 +277,7 @@ fn tcp(p: &Probe, timeout: Duration) -> Result<Observed, Error> {
         }
     })?;
     let src = SocketAddr::new(p.src, 0);
+    let spoofed = p.spoofed;
     let client = spawn_in(&p.client_ns, move || {
         let fd = socket(
             family(dst.ip()),
@@ -267,6 +285,9 @@ fn tcp(p: &Probe, timeout: Duration) -> Result<Observed, Error> {
             SockFlag::SOCK_CLOEXEC,
             None,
         )?;
+        if spoofed {
+            foreign_source(&fd, dst.is_ipv6())?;
+        }
         set_timeout(&fd, sockopt::SendTimeout, timeout)?; // bounds a blocking connect()
         bind(fd.as_raw_fd(), &SockaddrStorage::from(src))
             .map_err(|e| context(e.into(), format!("bind {src}")))?;
@@ -316,10 +337,18 @@ fn udp(p: &Probe, timeout: Duration) -> Result<Observed, Error> {
         }
     })?;
     let src = SocketAddr::new(p.src, 0);
+    let spoofed = p.spoofed;
     let client = spawn_in(&p.client_ns, {
         let stop = stop.clone();
         move || {
-            let sock = UdpSocket::bind(src).map_err(|e| context(e, format!("bind {src}")))?;
+            let sock = if spoofed {
+                let fd = socket(family(dst.ip()), SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+                foreign_source(&fd, dst.is_ipv6())?;
+                bind(fd.as_raw_fd(), &SockaddrStorage::from(src)).map_err(|e| context(e.into(), format!("bind {src}")))?;
+                UdpSocket::from(fd)
+            } else {
+                UdpSocket::bind(src).map_err(|e| context(e, format!("bind {src}")))?
+            };
             sock.connect(dst)?;
             // Report every ICMP error on this socket, not only port-unreachable.
             match dst {
@@ -357,6 +386,31 @@ fn udp(p: &Probe, timeout: Duration) -> Result<Observed, Error> {
     stop.store(true, Ordering::Relaxed);
     let received = finish(p, &p.server_ns, Ok(server))?;
     Ok(verdict(received, client?))
+}
+
+/// Lets a socket bind to and send from an address its namespace does not have
+/// (IP_TRANSPARENT / IPV6_TRANSPARENT, which need CAP_NET_ADMIN): a forged source.
+fn foreign_source(fd: &impl AsFd, v6: bool) -> io::Result<()> {
+    if !v6 {
+        setsockopt(fd, sockopt::IpTransparent, &true)?;
+        return Ok(());
+    }
+    let one: libc::c_int = 1;
+    // SAFETY: a descriptor we own, and an option value of the size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn verdict(arrived: bool, client: Client) -> Observed {
