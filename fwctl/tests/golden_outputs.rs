@@ -70,3 +70,12 @@ fn explain_answers() {
 fn check_json() {
     golden("check-carif-oref.json", &run(&["check", "policies/carif-oref", "--json"]));
 }
+
+/// An IPv6 port forward without `destination` (home-router's `nas-remote`):
+/// `explain` reports the translation, and the compiled ruleset (the
+/// `dnat6_any` map in `home-router-flowtable.nft`) performs it.
+#[test]
+fn explain_ipv6_port_forward_without_destination() {
+    let out = run(&["explain", "policies/examples/home-router.toml", "--src", "2001:db8:ffff::1", "--dst", "2001:db8:1::10", "--proto", "tcp", "--port", "443"]);
+    golden("explain-home-router-ipv6-forward.txt", &out);
+}

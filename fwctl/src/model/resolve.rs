@@ -547,7 +547,7 @@ impl Resolver<'_> {
                 Some(s) => {
                     if let Some(why) = forward_name_problem(&s.v) {
                         valid = false;
-                        self.err(Diagnostic::error("invalid-name", format!("port forward name `{}` {why}", s.v.escape_debug())).at(s.span, "invalid port forward name"));
+                        self.err(Diagnostic::error("invalid-name", format!("port forward name `{}` {why}", s.v.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect::<String>())).at(s.span, "invalid port forward name"));
                     } else if let Some(&other) = unnamed.get(&s.v) {
                         valid = false;
                         self.err(
