@@ -418,6 +418,13 @@ app = { tcp = [8443], udp = [8443] }
         let Err(CompileError::Nat(msg, Some(span))) = compile(&p, Capabilities { flowtable: false }) else { panic!("overlap expected") };
         assert_eq!(span, p.snat[1].span);
         assert!(msg.starts_with("source NAT rules overlap"), "{msg}");
+        // Two IPv6 entries are compared by their IPv6 sources (a zone with
+        // interfaces contributes its IPv6 networks on them).
+        let p = policy("[[nat.snat]]\nfrom = \"dmz\"\nout = \"wan\"\nto = \"2001:db8:ff::20\"\n[[nat.snat]]\nfrom = \"2001:db8:2::10\"\nout = \"wan\"\nto = \"2001:db8:ff::21\"\n");
+        assert!(matches!(compile(&p, Capabilities { flowtable: false }), Err(CompileError::Nat(m, Some(s))) if s == p.snat[1].span && m.starts_with("source NAT rules overlap")));
+        // Entries of different families never overlap.
+        let p = policy("[[nat.masquerade]]\nfrom = \"dmz\"\nout = \"wan\"\n[[nat.snat]]\nfrom = \"dmz\"\nout = \"wan\"\nto = \"2001:db8:ff::20\"\n");
+        assert!(compile(&p, Capabilities { flowtable: false }).is_ok());
     }
 
     #[test]
