@@ -352,3 +352,33 @@ fn nat_translates_real_tcp_and_udp_as_compiled() {
         panic!("{} NAT exchanges failed:\n{}\n\nruleset in the firewall:\n{state}", failures.len(), failures.join("\n"));
     }
 }
+
+/// Whatever `check` accepts as port forward names, the kernel accepts: a name of
+/// exactly 128 bytes (multi-byte characters counted in bytes, as nft counts
+/// them), the unnamed sixth forward (so called `forward-6`) next to one named
+/// `forward-5` (the fifth forward has a name of its own), and forwards of both
+/// families without destination.
+#[test]
+fn forward_names_that_check_accepts_the_kernel_accepts() {
+    if !privileged_or_skip() {
+        return;
+    }
+    let longest = "é".repeat(64);
+    assert_eq!(longest.len(), fwctl::model::resolve::NFT_COMMENT_MAX);
+    let text = format!(
+        "{}\n[[nat.forward]]\nname = \"{longest}\"\non = \"wan\"\nservice = \"ntp\"\nto = \"web\"\n\
+         [[nat.forward]]\non = \"wan\"\nservice = \"dns\"\nto = \"dmzhost\"\n\
+         [[nat.forward]]\nname = \"forward-5\"\non = \"wan\"\nservice = \"smtp\"\nto = \"web\"\n",
+        POLICY
+    );
+    let loaded = fwctl::check::load_str("names.toml", &text, TODAY);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diags);
+    let p = loaded.policy.expect("policy");
+    let rs = compile(&p, Capabilities { flowtable: false }).expect("compiles").ruleset;
+    let comments: std::collections::BTreeSet<&str> = rs.sets.iter().filter(|s| s.name.starts_with("dnat")).flat_map(|s| &s.elements).filter_map(|e| e.comment.as_deref()).collect();
+    assert!(comments.contains(longest.as_str()) && comments.contains("forward-5") && comments.contains("forward-6"), "{comments:?}");
+    let mut lab = Lab::new(&unique_prefix("fwn")).expect("lab");
+    let fw = lab.add_ns("fw").expect("fw ns");
+    lab.run_nft(&fw, &fwctl::render::nft::script(&rs, "netns_nat")).expect("the kernel accepts what check accepted");
+    lab.destroy().expect("namespaces removed");
+}
