@@ -126,8 +126,9 @@ out = "wan"
 to = "2001:db8:ff::20"
 "#;
 
-/// How long one exchange may take before it counts as "nothing came".
-const WAIT: Duration = Duration::from_millis(1500);
+/// How long one exchange may take before it counts as "nothing came" (past a
+/// lost first SYN, which TCP resends after 1 s).
+const WAIT: Duration = Duration::from_millis(2500);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum P {
@@ -248,6 +249,10 @@ struct Net {
     dmz: String,
 }
 
+/// One link of the firewall: (host namespace, firewall device, firewall addresses
+/// (primary first), host addresses, IPv4 gateway, IPv6 gateway).
+type Side<'a> = (&'a str, &'a str, &'a [&'a str], &'a [&'a str], &'a str, &'a str);
+
 /// internet (h0) ── wan0 [fw] lan0 ── (h0) lan ; dmz0 ── (h0) dmz
 fn build(script: &str) -> Net {
     let mut lab = Lab::new(&unique_prefix("fwn")).expect("lab");
@@ -255,8 +260,7 @@ fn build(script: &str) -> Net {
     let inet = lab.add_ns("inet").expect("inet ns");
     let lan = lab.add_ns("lan").expect("lan ns");
     let dmz = lab.add_ns("dmz").expect("dmz ns");
-    // (namespace, firewall device, firewall addresses (primary first), host addresses, v4 gateway, v6 gateway)
-    let sides: [(&str, &str, &[&str], &[&str], &str, &str); 3] = [
+    let sides: [Side; 3] = [
         (&inet, "wan0", &["203.0.113.1/24", "203.0.113.10/24", "203.0.113.20/24", "2001:db8:ff::1/64", "2001:db8:ff::10/64", "2001:db8:ff::20/64"], &["203.0.113.2/24", "2001:db8:ff::2/64"], "203.0.113.1", "2001:db8:ff::1"),
         (&lan, "lan0", &["192.0.2.1/24", "2001:db8:1::1/64"], &["192.0.2.10/24", "2001:db8:1::10/64"], "192.0.2.1", "2001:db8:1::1"),
         (&dmz, "dmz0", &["198.51.100.1/24", "2001:db8:2::1/64"], &["198.51.100.10/24", "2001:db8:2::10/64"], "198.51.100.1", "2001:db8:2::1"),
