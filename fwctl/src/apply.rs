@@ -407,7 +407,12 @@ fn nat_lines(p: &Policy) -> Vec<String> {
     let mut v = vec![];
     for d in &p.dnat {
         let dest = d.destination.map(|a| a.to_string()).unwrap_or_else(|| "*".into());
-        let to = [d.to_v4.map(|a| a.to_string()), d.to_v6.map(|a| a.to_string())].into_iter().flatten().collect::<Vec<_>>().join("/");
+        // Only the targets of the families the compiled ruleset translates.
+        let to = crate::compile::nat::forward_families(d)
+            .into_iter()
+            .filter_map(|v6| if v6 { d.to_v6.map(|a| a.to_string()) } else { d.to_v4.map(|a| a.to_string()) })
+            .collect::<Vec<_>>()
+            .join("/");
         let port = d.to_port.map(|p| format!(" port {p}")).unwrap_or_default();
         v.push(format!("forward `{}` on {} {dest} {} → {to}{port}", d.name, p.ifaces[d.iface].key, d.services.describe()));
     }
@@ -708,6 +713,19 @@ mod tests {
         assert_eq!(expired_since(p, d("2027-07-01")), Vec::<String>::new());
         let before = crate::check::load_str("p.toml", text, d("2027-06-30"));
         assert!(expired_since(before.policy.as_ref().unwrap(), d("2027-02-01")).is_empty());
+    }
+
+    /// The plan names a forward's targets only in the families it translates: a
+    /// forward with an IPv4 `destination` to a dual-stack host shows one target.
+    #[test]
+    fn plan_lists_the_forward_targets_the_ruleset_translates() {
+        let base = "[interfaces.wan]\ndevice = \"eth0\"\nzone = \"internet\"\n[interfaces.lan]\ndevice = \"eth1\"\nzone = \"lan\"\n[zones.internet]\n[zones.lan]\nnetworks = [\"192.0.2.0/24\", \"2001:db8:1::/64\"]\n[hosts]\nweb = [\"192.0.2.10\", \"2001:db8:1::10\"]\n";
+        let lines = |nat: &str| {
+            let l = crate::check::load_str("p.toml", &format!("{base}{nat}"), crate::model::Date { year: 2026, month: 11, day: 23 });
+            nat_lines(l.policy.as_ref().expect("policy"))
+        };
+        assert_eq!(lines("[[nat.forward]]\nname = \"w\"\non = \"wan\"\ndestination = \"203.0.113.10\"\nservice = \"https\"\nto = \"web\"\n"), ["forward `w` on wan 203.0.113.10 tcp/443 → 192.0.2.10"]);
+        assert_eq!(lines("[[nat.forward]]\nname = \"w\"\non = \"wan\"\nservice = \"https\"\nto = \"web\"\n"), ["forward `w` on wan * tcp/443 → 192.0.2.10/2001:db8:1::10"]);
     }
 
     #[test]

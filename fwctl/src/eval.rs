@@ -215,6 +215,37 @@ pub fn evaluate(p: &Policy, pkt: &Packet) -> Decision {
     Decision { verdict, reason, allow, deny }
 }
 
+/// A port forward applied to a new connection before any filtering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Forwarded {
+    /// Index into `Policy::dnat`.
+    pub forward: usize,
+    /// The translated (inside) destination address and port.
+    pub dst: IpAddr,
+    pub port: u16,
+}
+
+/// The port forward the policy applies to a new TCP/UDP connection that arrives
+/// on device `iif` for `dst`/`port`: one whose `on` is that device, whose
+/// `destination` (if any) is `dst`, whose service has the port, and whose target
+/// has an address of `dst`'s family. Forwards never overlap (the compiler refuses
+/// two that claim one port), so at most one applies.
+pub fn port_forward(p: &Policy, iif: &str, dst: IpAddr, proto: Proto, port: u16) -> Option<Forwarded> {
+    if !matches!(proto, Proto::Tcp | Proto::Udp) {
+        return None;
+    }
+    p.dnat.iter().enumerate().find_map(|(i, f)| {
+        if p.ifaces[f.iface].device.as_str() != iif || f.destination.is_some_and(|x| x != dst) || !f.services.contains(proto, port) {
+            return None;
+        }
+        let to = match dst {
+            IpAddr::V4(_) => IpAddr::V4(f.to_v4?),
+            IpAddr::V6(_) => IpAddr::V6(f.to_v6?),
+        };
+        Some(Forwarded { forward: i, dst: to, port: f.to_port.unwrap_or(port) })
+    })
+}
+
 /// The appliance's own address facing `iface`, for flows to or from `self`: a VPN
 /// interface's address, else the first address in the zone's networks that no
 /// host uses, else a stable documentation address (never a port-forward

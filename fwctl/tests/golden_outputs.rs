@@ -122,3 +122,12 @@ fn check_mark_overflow() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     golden("check-mark-overflow.txt", &text);
 }
+
+/// An IPv6 port forward without `destination` (home-router's `nas-remote`):
+/// `explain` reports the translation, and the compiled ruleset (the
+/// `dnat6_any` map in `home-router-flowtable.nft`) performs it.
+#[test]
+fn explain_ipv6_port_forward_without_destination() {
+    let out = run(&["explain", "policies/examples/home-router.toml", "--src", "2001:db8:ffff::1", "--dst", "2001:db8:1::10", "--proto", "tcp", "--port", "443"]);
+    golden("explain-home-router-ipv6-forward.txt", &out);
+}

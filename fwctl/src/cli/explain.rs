@@ -1,7 +1,7 @@
 //! `fwctl explain [PATH] --src A --dst B --proto P [--port N] [--in IF] [--out IF]`:
 //! the verdict for one new connection, the rules that decide it, and the path taken.
 use super::{OutputArgs, PolicyArgs, EXIT_FAIL, EXIT_OK, EXIT_USAGE};
-use crate::eval::{appliance_addr, evaluate, Hook, Packet, Reason, Verdict};
+use crate::eval::{appliance_addr, evaluate, port_forward, Hook, Packet, Reason, Verdict};
 use crate::model::{IfName, Policy, Proto};
 use clap::Args;
 use std::net::IpAddr;
@@ -151,24 +151,20 @@ pub fn exec(a: &ExplainArgs) -> u8 {
     };
     // Port forwarding happens before filtering: the filter sees the inside address.
     let mut nat = None;
+    let mut final_port = port;
     if hook == Hook::Forward || hook == Hook::Input {
-        if let Some(f) = p.dnat.iter().find(|f| {
-            Some(p.ifaces[f.iface].device.to_string()) == iif
-                && f.destination.is_none_or(|x| x == dst_a)
-                && f.services.contains(proto, port)
-                && if dst_a.is_ipv6() { f.to_v6.is_some() } else { f.to_v4.is_some() }
-        }) {
-            let to: IpAddr = if dst_a.is_ipv6() { IpAddr::V6(f.to_v6.expect("checked")) } else { IpAddr::V4(f.to_v4.expect("checked")) };
+        if let Some(fw) = iif.as_deref().and_then(|i| port_forward(p, i, dst_a, proto, port)) {
+            let f = &p.dnat[fw.forward];
             let pos = loaded.sm.position(f.span);
             nat = Some(NatStep { forward: f.name.clone(), file: pos.file, line: pos.line, original_dst: dst_a, original_port: port });
-            dst_a = to;
+            dst_a = fw.dst;
+            final_port = fw.port;
             if a.oif.is_none() {
                 oif = None;
             }
         }
     }
     let hook = if nat.is_some() { Hook::Forward } else { hook };
-    let final_port = nat.as_ref().and_then(|n| p.dnat.iter().find(|f| f.name == n.forward)).and_then(|f| f.to_port).unwrap_or(port);
     if hook == Hook::Forward && oif.is_none() {
         oif = dev_of(dst_a);
     }

@@ -10,7 +10,9 @@
 use super::decide::{proto_num, Ctx, Decision, LOCAL, OTHER};
 use crate::eval::{is_essential_icmp, Hook, Packet, Verdict};
 use crate::model::{Action, DefaultVerdict, Policy, Proto, RuleId};
+use super::ir::{KeyType, Ruleset, SetData, Val};
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 type Key = (u32, u32, u8, u16);
 
@@ -116,4 +118,50 @@ impl<'a> Sim<'a> {
         let v = if pkt.hook == Hook::Output { Verdict::Accept } else { refuse };
         done(v, vec![], None)
     }
+}
+
+/// Runs the compiled port forwards on the first packet of a new TCP/UDP
+/// connection the way the kernel walks them: the rules of the `nat_pre` chain in
+/// order, each one lookup in the map it names, keyed by that map's key types
+/// (ingress device, destination address if the map has one, protocol, port), the
+/// packet's family deciding which maps apply. The first hit translates.
+/// Returns the translated destination, port, and the element's comment (the
+/// forward's name). Must not consult the policy: only the ruleset.
+pub fn port_forward(rs: &Ruleset, iif: &str, dst: IpAddr, proto: u8, port: u16) -> Option<(IpAddr, u16, Option<String>)> {
+    let chain = rs.chains.iter().find(|c| c.name == "nat_pre")?;
+    for rule in &chain.rules {
+        let Some((_, name)) = rule.rsplit_once("map @") else { continue };
+        let Some(set) = rs.set(name.trim()) else { continue };
+        let v6 = match set.data {
+            Some(SetData::NatV4) => false,
+            Some(SetData::NatV6) => true,
+            _ => continue,
+        };
+        if v6 != dst.is_ipv6() {
+            continue;
+        }
+        let key: Vec<Val> = set
+            .key
+            .iter()
+            .filter_map(|t| match (t, dst) {
+                (KeyType::Ifname, _) => Some(Val::Ifname(iif.to_string())),
+                (KeyType::Ipv4Addr, IpAddr::V4(a)) => Some(Val::V4(a.into(), a.into())),
+                (KeyType::Ipv6Addr, IpAddr::V6(a)) => Some(Val::V6(a.into(), a.into())),
+                (KeyType::InetProto, _) => Some(Val::Proto(proto)),
+                (KeyType::InetService, _) => Some(Val::Port(port, port)),
+                _ => None,
+            })
+            .collect();
+        if key.len() != set.key.len() {
+            continue;
+        }
+        if let Some(e) = set.elements.iter().find(|e| e.key == key) {
+            return match e.data {
+                Some(Val::NatV4(a, p)) => Some((IpAddr::V4(a.into()), p, e.comment.clone())),
+                Some(Val::NatV6(a, p)) => Some((IpAddr::V6(a.into()), p, e.comment.clone())),
+                _ => None,
+            };
+        }
+    }
+    None
 }

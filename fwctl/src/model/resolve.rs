@@ -536,13 +536,33 @@ impl Resolver<'_> {
         let raw = self.raw;
         let mut dnat = vec![];
         let mut names: HashMap<String, Span> = HashMap::new();
+        // An unnamed forward is called `forward-N` after its position: those names
+        // are taken too, so that every forward has one name of its own (it
+        // identifies the forward in messages, plans and the kernel's comments).
+        let unnamed: HashMap<String, Span> = raw.dnat.iter().enumerate().filter(|(_, f)| f.name.is_none()).map(|(n, f)| (auto_forward_name(n), f.span)).collect();
         for (n, f) in raw.dnat.iter().enumerate() {
-            let name = f.name.as_ref().map(|s| s.v.clone()).unwrap_or_else(|| format!("forward-{}", n + 1));
-            if let Some(s) = &f.name {
-                if let Some(first) = names.insert(s.v.clone(), s.span) {
-                    self.err(Diagnostic::error("duplicate", format!("port forward `{}` is defined twice", s.v)).at(s.span, "defined again here").also(first, "first defined here"));
+            let mut valid = true;
+            let name = match &f.name {
+                None => auto_forward_name(n),
+                Some(s) => {
+                    if let Some(why) = forward_name_problem(&s.v) {
+                        valid = false;
+                        self.err(Diagnostic::error("invalid-name", format!("port forward name `{}` {why}", s.v.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect::<String>())).at(s.span, "invalid port forward name"));
+                    } else if let Some(&other) = unnamed.get(&s.v) {
+                        valid = false;
+                        self.err(
+                            Diagnostic::error("duplicate", format!("port forward `{}` is defined twice", s.v))
+                                .at(s.span, "named here")
+                                .also(other, "this unnamed forward is already called so")
+                                .note("unnamed forwards are called forward-1, forward-2, ... after their position; choose another name"),
+                        );
+                    } else if let Some(first) = names.insert(s.v.clone(), s.span) {
+                        valid = false;
+                        self.err(Diagnostic::error("duplicate", format!("port forward `{}` is defined twice", s.v)).at(s.span, "defined again here").also(first, "first defined here"));
+                    }
+                    if valid { s.v.clone() } else { format!("#{}", n + 1) }
                 }
-            }
+            };
             let owner = format!("port forward `{name}`");
             let iface = match &f.on {
                 Some(o) => self.iface_ref(o, &owner),
@@ -634,7 +654,7 @@ impl Resolver<'_> {
                     }
                 }
             }
-            if let (Some(iface), Some(services)) = (iface, services) {
+            if let (true, Some(iface), Some(services)) = (valid, iface, services) {
                 dnat.push(Dnat { name, span: f.span, iface, destination, service_text: f.service.as_ref().map(|s| s.v.clone()).unwrap_or_default(), services, to_v4, to_v6, to_text, to_port });
             }
         }
@@ -1017,6 +1037,30 @@ fn merge(into: &mut Side, s: &Side) {
         }
     }
     into.zones.sort();
+}
+
+/// The most bytes nft keeps in a comment; a port forward's name is the comment
+/// of its map elements.
+pub const NFT_COMMENT_MAX: usize = 128;
+
+/// The name of the unnamed port forward at `index` (0-based) in `[[nat.forward]]`.
+pub fn auto_forward_name(index: usize) -> String {
+    format!("forward-{}", index + 1)
+}
+
+/// Why `s` cannot name a port forward (it travels into nft comments, plans and
+/// the audit trail), if it cannot.
+fn forward_name_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("may not be empty".into());
+    }
+    if s.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+        return Some("may not contain quotes, backslashes or control characters".into());
+    }
+    if s.len() > NFT_COMMENT_MAX {
+        return Some(format!("is {} bytes long; at most {NFT_COMMENT_MAX} fit an nftables comment", s.len()));
+    }
+    None
 }
 
 fn valid_name(s: &str) -> bool {
