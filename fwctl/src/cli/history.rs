@@ -33,7 +33,7 @@ pub fn exec(a: &HistoryArgs) -> u8 {
             Some(s) => format!("{s}({})", m.actor.user),
             None => m.actor.user.clone(),
         };
-        let git = m.git_commit.as_deref().map(|c| format!("{}{}", &c[..c.len().min(7)], if m.git_dirty == Some(true) { "+" } else { "" })).unwrap_or_else(|| "-".into());
+        let git = m.git_commit.as_deref().map(|c| format!("{}{}", crate::text::truncate_bytes(c, 7), if m.git_dirty == Some(true) { "+" } else { "" })).unwrap_or_else(|| "-".into());
         let event = match m.source {
             Some(s) => format!("{}:{s}", m.event),
             None => m.event.clone(),
