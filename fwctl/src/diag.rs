@@ -3,8 +3,12 @@
 //! Input: byte spans into policy files registered in a [`SourceMap`].
 //! Output: [`Diagnostic`] values, rendered rustc-style (`file:line:col`, the source
 //! line, a caret under the offending text) or as JSON for scripting.
+//! Policy text (names, values, source lines) and file names are shown with every
+//! terminal-active character escaped ([`crate::text::escape_terminal`]): a policy in
+//! a pull request must not be able to clear the reviewer's screen or forge an "ok".
 //! Must not: print anything itself, or decide exit codes (the CLI does both).
 
+use crate::text::{escape_terminal, is_terminal_dangerous};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -65,8 +69,18 @@ impl SourceMap {
         let starts = &self.lines[f.0];
         let line = starts.partition_point(|&s| s <= offset);
         let line_start = starts[line - 1];
-        let col = text[line_start..offset].chars().count() + 1;
+        // Counted up to `offset` without slicing there: a span that is not on a
+        // character boundary must not panic.
+        let col = text[line_start..].char_indices().take_while(|(i, _)| line_start + i < offset).count() + 1;
         (line, col)
+    }
+    /// The text of line `line` (1-based), without its line ending.
+    pub fn line_text(&self, f: FileId, line: usize) -> &str {
+        let text = self.text(f);
+        let starts = &self.lines[f.0 as usize];
+        let Some(&start) = starts.get(line.wrapping_sub(1)) else { return "" };
+        let end = starts.get(line).map_or(text.len(), |&e| e - 1);
+        text[start..end].strip_suffix('\r').unwrap_or(&text[start..end])
     }
     pub fn position(&self, span: Span) -> Position {
         let (line, col) = self.line_col(span.file, span.start);
@@ -98,6 +112,9 @@ pub struct Diagnostic {
     pub code: &'static str,
     pub message: String,
     pub span: Option<Span>,
+    /// A file the problem is about when there is no span in it (the loader refusing
+    /// a symbolic link, a FIFO, a file too large): shown as `--> path`.
+    pub path: Option<PathBuf>,
     pub label: String,
     /// Other places that matter (e.g. the first definition of a duplicate name).
     pub related: Vec<(Span, String)>,
@@ -111,6 +128,7 @@ impl Diagnostic {
             code,
             message: message.into(),
             span: None,
+            path: None,
             label: String::new(),
             related: vec![],
             notes: vec![],
@@ -122,6 +140,11 @@ impl Diagnostic {
     pub fn at(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
         self.span = Some(span);
         self.label = label.into();
+        self
+    }
+    /// Locate a diagnostic at a whole file (no line: the file could not be read).
+    pub fn in_file(mut self, path: impl Into<PathBuf>) -> Diagnostic {
+        self.path = Some(path.into());
         self
     }
     pub fn also(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
@@ -168,15 +191,31 @@ pub fn render(sm: &SourceMap, d: &Diagnostic, style: Style) -> String {
         Severity::Error => ("error", "1;31"),
         Severity::Warning => ("warning", "1;33"),
     };
-    let _ = writeln!(out, "{}: {}", style.paint(colour, &format!("{word}[{}]", d.code)), d.message);
+    let _ = writeln!(out, "{}: {}", style.paint(colour, &format!("{word}[{}]", d.code)), escape_terminal(&d.message));
     if let Some(span) = d.span {
         excerpt(&mut out, sm, span, &d.label, '^', colour, style);
+    } else if let Some(path) = &d.path {
+        let _ = writeln!(out, " --> {}", escape_terminal(&path.display().to_string()));
     }
     for (span, label) in &d.related {
         excerpt(&mut out, sm, *span, label, '-', "1;34", style);
     }
     for n in &d.notes {
-        let _ = writeln!(out, "   = note: {n}");
+        let _ = writeln!(out, "   = note: {}", escape_terminal(n));
+    }
+    out
+}
+
+/// How a piece of a source line is shown: tabs as four spaces (so the caret line
+/// lines up), every other terminal-active character escaped.
+fn shown(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push_str("    "),
+            c if is_terminal_dangerous(c) => out.push_str(&escape_terminal(c.encode_utf8(&mut [0; 4]))),
+            c => out.push(c),
+        }
     }
     out
 }
@@ -184,23 +223,23 @@ pub fn render(sm: &SourceMap, d: &Diagnostic, style: Style) -> String {
 fn excerpt(out: &mut String, sm: &SourceMap, span: Span, label: &str, mark: char, colour: &str, style: Style) {
     let (line, col) = sm.line_col(span.file, span.start);
     let text = sm.text(span.file);
-    let src_line = text.lines().nth(line - 1).unwrap_or("");
+    let src_line = sm.line_text(span.file, line);
     let gutter = line.to_string().len();
     let pad = " ".repeat(gutter);
-    let _ = writeln!(out, "{pad}--> {}:{line}:{col}", sm.path(span.file).display());
+    let _ = writeln!(out, "{pad}--> {}:{line}:{col}", escape_terminal(&sm.path(span.file).display().to_string()));
     let _ = writeln!(out, "{pad} |");
-    let _ = writeln!(out, "{line} | {src_line}");
-    let line_chars = src_line.chars().count();
-    let span_chars = text[span.start.min(text.len())..span.end.min(text.len())]
-        .split('\n')
-        .next()
-        .unwrap_or("")
-        .chars()
-        .count();
-    let width = span_chars.clamp(1, line_chars.saturating_sub(col - 1).max(1));
+    // The caret is placed under the line as shown (escapes and tabs widen it);
+    // `col` above stays the position in the file.
+    let before: String = src_line.chars().take(col - 1).collect();
+    let rest: String = src_line.chars().skip(col - 1).collect();
+    let span_text = text.get(span.start.min(text.len())..span.end.min(text.len())).unwrap_or("").split('\n').next().unwrap_or("");
+    let under: String = rest.chars().take(span_text.chars().count()).collect();
+    let (before, rest, under) = (shown(&before), shown(&rest), shown(&under));
+    let _ = writeln!(out, "{line} | {before}{rest}");
+    let width = under.chars().count().clamp(1, rest.chars().count().max(1));
     let marks: String = std::iter::repeat_n(mark, width).collect();
-    let label = if label.is_empty() { String::new() } else { format!(" {label}") };
-    let _ = writeln!(out, "{pad} | {}{}", " ".repeat(col - 1), style.paint(colour, &format!("{marks}{label}")));
+    let label = if label.is_empty() { String::new() } else { format!(" {}", escape_terminal(label)) };
+    let _ = writeln!(out, "{pad} | {}{}", " ".repeat(before.chars().count()), style.paint(colour, &format!("{marks}{label}")));
 }
 
 /// Render a whole list, followed by a one-line summary.
@@ -240,7 +279,7 @@ pub fn to_json(sm: &SourceMap, d: &Diagnostic) -> JsonDiagnostic {
         severity: d.severity,
         code: d.code,
         message: d.message.clone(),
-        file: pos.as_ref().map(|p| p.file.clone()),
+        file: pos.as_ref().map(|p| p.file.clone()).or_else(|| d.path.as_ref().map(|p| p.display().to_string())),
         line: pos.as_ref().map(|p| p.line),
         col: pos.as_ref().map(|p| p.col),
         label: d.label.clone(),
@@ -311,6 +350,50 @@ mod tests {
             text,
             "error[unknown-key]: unknown key `alow`\n --> p.toml:2:1\n  |\n2 | alow = [\"ssh\"]\n  | ^^^^ did you mean `allow`?\n"
         );
+    }
+
+    #[test]
+    fn render_escapes_policy_text_and_keeps_the_caret_under_it() {
+        let mut sm = SourceMap::default();
+        // A raw ESC before the span, a tab, and a bidi override inside the span.
+        let src = "x = 1\n\tname = \"\x1b[2J\u{202e}ok\" # \u{9b}\n";
+        let f = sm.add("p\x1b[31m.toml".into(), src.into());
+        let start = src.find('\u{202e}').unwrap();
+        let end = start + "\u{202e}ok".len();
+        let d = Diagnostic::error("invalid-name", "name `\x1b[2J\u{202e}ok\nok: fake` here")
+            .at(Span::new(f, start..end), "bad\x07")
+            .note("see \x1b]0;title\x07");
+        let text = render(&sm, &d, Style::plain());
+        assert_eq!(
+            text,
+            concat!(
+                "error[invalid-name]: name `\\u{1b}[2J\\u{202e}ok\\nok: fake` here\n",
+                " --> p\\u{1b}[31m.toml:2:14\n",
+                "  |\n",
+                "2 |     name = \"\\u{1b}[2J\\u{202e}ok\" # \\u{9b}\n",
+                "  |                      ^^^^^^^^^^ bad\\u{7}\n",
+                "   = note: see \\u{1b}]0;title\\u{7}\n",
+            )
+        );
+        assert!(!text.chars().any(|c| c != '\n' && crate::text::is_terminal_dangerous(c)), "{text:?}");
+    }
+
+    #[test]
+    fn a_file_level_diagnostic_names_the_path() {
+        let sm = SourceMap::default();
+        let d = Diagnostic::error("not-a-file", "p/f.toml is a FIFO, not a regular file").in_file("p/f.toml");
+        assert_eq!(render(&sm, &d, Style::plain()), "error[not-a-file]: p/f.toml is a FIFO, not a regular file\n --> p/f.toml\n");
+        let j = to_json(&sm, &d);
+        assert_eq!((j.file.as_deref(), j.line, j.col), (Some("p/f.toml"), None, None));
+    }
+
+    #[test]
+    fn a_span_inside_a_character_does_not_panic() {
+        let mut sm = SourceMap::default();
+        let f = sm.add("a.toml".into(), "é = 1\n".into());
+        assert_eq!(sm.line_col(f, 1), (1, 2));
+        let d = Diagnostic::error("x", "y").at(Span::new(f, 1..3), "z");
+        let _ = render(&sm, &d, Style::plain());
     }
 
     #[test]

@@ -30,5 +30,6 @@ pub mod policy;
 pub mod render;
 pub mod state;
 pub mod sys;
+pub mod text;
 pub mod util;
 pub mod vpn;

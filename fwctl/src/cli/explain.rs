@@ -214,16 +214,19 @@ fn text(ex: &Explanation) -> String {
         Hook::Output => format!("output: from the appliance, out {}", side(&pkt.oif, &ex.oif_zone)),
         Hook::Forward => format!("forward: in {}, out {}", side(&pkt.iif, &ex.iif_zone), side(&pkt.oif, &ex.oif_zone)),
     };
+    // Names and file names come from the policy: shown escaped (a file name may hold
+    // terminal escapes; names are validated, this is belt and braces).
+    let esc = crate::text::escape_terminal;
     let mut s = format!("packet   {} → {} {}/{}\npath     {path}\n", pkt.src, pkt.dst, pkt.proto.name(), pkt.port);
     if let Some(n) = &ex.nat {
-        s.push_str(&format!("nat      port forward `{}` ({}:{}): {} port {} → {} port {}\n", n.forward, n.file, n.line, n.original_dst, n.original_port, pkt.dst, pkt.port));
+        s.push_str(&format!("nat      port forward `{}` ({}:{}): {} port {} → {} port {}\n", esc(&n.forward), esc(&n.file), n.line, n.original_dst, n.original_port, pkt.dst, pkt.port));
     }
     let verdict = match ex.verdict {
         Verdict::Accept => "accept",
         Verdict::Drop => "drop",
         Verdict::Reject => "reject",
     };
-    let list = |v: &[RuleRef]| v.iter().map(|r| format!("`{}` ({}:{})", r.name, r.file, r.line)).collect::<Vec<_>>().join(", ");
+    let list = |v: &[RuleRef]| v.iter().map(|r| format!("`{}` ({}:{})", esc(&r.name), esc(&r.file), r.line)).collect::<Vec<_>>().join(", ");
     let why = match ex.reason {
         Reason::Loopback => "loopback traffic of the appliance is always accepted".to_string(),
         Reason::EssentialIcmp => "essential ICMP (errors, neighbour discovery) is always accepted".to_string(),

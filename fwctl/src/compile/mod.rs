@@ -154,9 +154,23 @@ fn chain(name: &str, comment: &str, rules: Vec<String>) -> Chain {
     Chain { name: name.into(), base: None, comment: comment.into(), rules }
 }
 
-/// A rule name safe inside an nft string (names are validated, this is belt and braces).
+/// The longest log prefix the kernel keeps (`NF_LOG_PREFIXLEN` less the NUL).
+pub const LOG_PREFIX_MAX: usize = 127;
+
+/// A rule name safe inside an nft string and in a terminal showing the ruleset
+/// (names are validated, this is belt and braces): no quotes, backslashes,
+/// control characters or bidirectional overrides.
 pub fn clean(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect()
+    s.chars().filter(|&c| !crate::text::is_terminal_dangerous(c) && c != '"' && c != '\\').collect()
+}
+
+/// `fwctl allow NAME: `, at most [`LOG_PREFIX_MAX`] bytes: a long name is cut (on a
+/// character boundary — names may hold multibyte text) so that the prefix still
+/// ends in ": ".
+fn log_prefix(word: &str, rule_name: &str) -> String {
+    let head = format!("fwctl {word} ");
+    let name = clean(rule_name);
+    format!("{head}{}: ", crate::text::truncate_bytes(&name, LOG_PREFIX_MAX.saturating_sub(head.len() + 2)))
 }
 
 fn comment_of(p: &Policy, rules: &[RuleId]) -> String {
@@ -409,10 +423,7 @@ impl Builder<'_> {
                 Action::Allow => ("allow", "goto allow"),
                 Action::Deny => ("deny", refuse),
             };
-            let mut prefix = format!("fwctl {word} {}: ", clean(&rule.name));
-            while prefix.len() > 127 {
-                prefix.remove(prefix.len() - 3);
-            }
+            let prefix = log_prefix(word, &rule.name);
             self.chains.push(chain(&format!("log_{r}"), &format!("rule {}", clean(&rule.name)), vec![format!("{LOG_RATE} log prefix \"{prefix}\" level info"), then.into()]));
         }
 
@@ -562,6 +573,24 @@ impl Builder<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_prefix_cuts_a_long_multibyte_rule_name_on_a_character_boundary() {
+        // Every alignment of one-, two-, three- and four-byte characters around the cut.
+        for c in ['a', 'ü', '€', '😀'] {
+            for pad in 0..4 {
+                let name = format!("{}{}", "x".repeat(pad), c.to_string().repeat(200));
+                for word in ["allow", "deny"] {
+                    let p = log_prefix(word, &name);
+                    assert!(p.len() <= LOG_PREFIX_MAX, "{} bytes: {p}", p.len());
+                    assert!(p.len() > LOG_PREFIX_MAX - 4, "cut no more than one character: {p}");
+                    assert!(p.starts_with(&format!("fwctl {word} x")) || pad == 0);
+                    assert!(p.ends_with(": "));
+                }
+            }
+        }
+        assert_eq!(log_prefix("deny", "short-name"), "fwctl deny short-name: ");
+    }
 
     fn class_at(v: &[(u128, u128, u32)], x: u128) -> u32 {
         v.iter().find(|r| r.0 <= x && x <= r.1).map(|r| r.2).expect("covering")

@@ -95,7 +95,7 @@ impl Resolver<'_> {
         let fw = &self.raw.firewall;
         let name = fw.name.as_ref().map(|n| n.v.clone()).unwrap_or_else(|| "firewall".into());
         if let Some(n) = &fw.name {
-            if n.v.is_empty() || n.v.chars().any(|c| c.is_control()) {
+            if n.v.is_empty() || n.v.chars().any(crate::text::is_terminal_dangerous) {
                 self.diags.push(Diagnostic::error("invalid-value", "firewall name must be non-empty printable text").at(n.span, "here"));
             }
         }
@@ -286,7 +286,7 @@ impl Resolver<'_> {
 
     fn groups_resolve(&mut self) {
         for g in &self.raw.groups {
-            if let Some(side) = self.group(&g.name.v, &mut vec![]) {
+            if let Some(side) = self.group(&g.name.v) {
                 if let Some(entry) = self.names.get_mut(&g.name.v) {
                     if let Named::Group(s, _) = &mut entry.0 {
                         *s = side;
@@ -296,41 +296,71 @@ impl Resolver<'_> {
         }
     }
 
-    /// Resolve a group's members (memoised), detecting cycles.
-    fn group(&mut self, name: &str, stack: &mut Vec<String>) -> Option<Side> {
-        if let Some(m) = self.group_memo.get(name) {
-            return m.clone();
+    /// A group's addresses (memoised); `None` when the group has an error.
+    fn group(&mut self, name: &str) -> Option<Side> {
+        if !self.group_memo.contains_key(name) {
+            self.resolve_group(name);
         }
+        self.group_memo.get(name).cloned().flatten()
+    }
+
+    /// Resolve `root` and every group it contains, innermost first, with an explicit
+    /// stack: a chain of 10 000 nested groups must not overflow the call stack. A
+    /// group met again while it is being resolved is a cycle (`group-cycle`), named
+    /// from the group where it starts.
+    fn resolve_group(&mut self, root: &str) {
         let raw = self.raw;
-        let g = raw.groups.iter().find(|g| g.name.v == name)?;
-        if let Some(pos) = stack.iter().position(|s| s == name) {
-            let cycle = stack[pos..].iter().chain(std::iter::once(&name.to_string())).cloned().collect::<Vec<_>>().join(" → ");
-            self.err(Diagnostic::error("group-cycle", format!("group `{name}` contains itself: {cycle}")).at(g.name.span, "cycle starts here"));
-            self.group_memo.insert(name.to_string(), None);
-            return None;
-        }
-        stack.push(name.to_string());
-        let mut side = Side::default();
-        let mut ok = true;
-        for m in &g.members {
-            if m.v == "any" || m.v == "self" {
-                self.err(Diagnostic::error("wrong-kind", format!("`{}` cannot be a group member", m.v)).at(m.span, "use it directly in the rule"));
-                ok = false;
+        let find = |name: &str| raw.groups.iter().find(|g| g.name.v == name);
+        let Some(first) = find(root) else { return };
+        // (group, index of the next member to visit); `open` holds the same names.
+        let mut stack: Vec<(&RawGroup, usize)> = vec![(first, 0)];
+        let mut open: HashMap<&str, usize> = HashMap::from([(first.name.v.as_str(), 0)]);
+        while let Some(top) = stack.last_mut() {
+            let g = top.0;
+            if let Some(m) = g.members.get(top.1) {
+                top.1 += 1;
+                let is_group = matches!(self.names.get(&m.v), Some((Named::Group(..), _)));
+                if !is_group || self.group_memo.contains_key(&m.v) {
+                    continue;
+                }
+                if let Some(&pos) = open.get(m.v.as_str()) {
+                    let names: Vec<&str> = stack[pos..].iter().map(|(g, _)| g.name.v.as_str()).chain([m.v.as_str()]).collect();
+                    let start = stack[pos].0;
+                    self.err(
+                        Diagnostic::error("group-cycle", format!("group `{}` contains itself: {}", start.name.v, chain_text(&names)))
+                            .at(start.name.span, "cycle starts here"),
+                    );
+                    self.group_memo.insert(m.v.clone(), None);
+                    continue;
+                }
+                if let Some(inner) = find(&m.v) {
+                    open.insert(inner.name.v.as_str(), stack.len());
+                    stack.push((inner, 0));
+                }
                 continue;
             }
-            match self.reference(m, stack) {
-                Some(s) => merge(&mut side, &s),
-                None => ok = false,
+            // Every member group is resolved (or known bad): merge the members.
+            let mut side = Side::default();
+            let mut ok = !matches!(self.group_memo.get(&g.name.v), Some(None));
+            for m in &g.members {
+                if m.v == "any" || m.v == "self" {
+                    self.err(Diagnostic::error("wrong-kind", format!("`{}` cannot be a group member", m.v)).at(m.span, "use it directly in the rule"));
+                    ok = false;
+                    continue;
+                }
+                match self.reference(m) {
+                    Some(s) => merge(&mut side, &s),
+                    None => ok = false,
+                }
             }
+            self.group_memo.insert(g.name.v.clone(), ok.then_some(side));
+            open.remove(g.name.v.as_str());
+            stack.pop();
         }
-        stack.pop();
-        let out = ok.then_some(side);
-        self.group_memo.insert(name.to_string(), out.clone());
-        out
     }
 
     /// One reference in a `from`/`to`/group: a name, `any`, `self`, an address or CIDR.
-    fn reference(&mut self, s: &Sp<String>, stack: &mut Vec<String>) -> Option<Side> {
+    fn reference(&mut self, s: &Sp<String>) -> Option<Side> {
         match s.v.as_str() {
             "any" => return Some(Side { any: true, ..Default::default() }),
             "self" => return Some(Side { self_: true, ..Default::default() }),
@@ -350,7 +380,7 @@ impl Resolver<'_> {
                 Named::Host(a) => Some(Side { addrs: a.clone(), fine: a, ..Default::default() }),
                 Named::Peer(a, zone) => Some(Side { scoped: zone.map(|z| vec![(z, a)]).unwrap_or_default(), ..Default::default() }),
                 // A group is a unit for classification: all its addresses are coarse.
-                Named::Group(..) => self.group(&s.v.clone(), stack).map(|mut g| {
+                Named::Group(..) => self.group(&s.v.clone()).map(|mut g| {
                     g.coarse = g.addrs.clone();
                     g.fine = AddrSet::empty();
                     g
@@ -394,7 +424,7 @@ impl Resolver<'_> {
         let mut side = Side::default();
         let mut ok = true;
         for r in &refs.v {
-            match self.reference(r, &mut vec![]) {
+            match self.reference(r) {
                 Some(s) => merge(&mut side, &s),
                 None => ok = false,
             }
@@ -459,7 +489,9 @@ impl Resolver<'_> {
                 continue;
             }
             seen.insert(name.v.clone(), name.span);
-            if name.v.is_empty() || name.v.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+            // Control characters include the bidirectional overrides: a name is shown
+            // in terminals (plan, explain) and kernel comments.
+            if name.v.is_empty() || name.v.chars().any(|c| crate::text::is_terminal_dangerous(c) || c == '"' || c == '\\') {
                 self.err(Diagnostic::error("invalid-name", format!("rule name `{}` may not be empty or contain quotes, backslashes or control characters", name.v)).at(name.span, "invalid rule name"));
                 continue;
             }
@@ -547,7 +579,7 @@ impl Resolver<'_> {
                 Some(s) => {
                     if let Some(why) = forward_name_problem(&s.v) {
                         valid = false;
-                        self.err(Diagnostic::error("invalid-name", format!("port forward name `{}` {why}", s.v.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect::<String>())).at(s.span, "invalid port forward name"));
+                        self.err(Diagnostic::error("invalid-name", format!("port forward name `{}` {why}", crate::text::escape_terminal(&s.v))).at(s.span, "invalid port forward name"));
                     } else if let Some(&other) = unnamed.get(&s.v) {
                         valid = false;
                         self.err(
@@ -1054,13 +1086,24 @@ fn forward_name_problem(s: &str) -> Option<String> {
     if s.is_empty() {
         return Some("may not be empty".into());
     }
-    if s.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
-        return Some("may not contain quotes, backslashes or control characters".into());
+    if s.chars().any(|c| crate::text::is_terminal_dangerous(c) || c == '"' || c == '\\') {
+        return Some("may not contain quotes, backslashes, control or bidirectional characters".into());
     }
     if s.len() > NFT_COMMENT_MAX {
         return Some(format!("is {} bytes long; at most {NFT_COMMENT_MAX} fit an nftables comment", s.len()));
     }
     None
+}
+
+/// `a → b → c → a`; a long chain keeps its first and last names and says how many
+/// it leaves out, so that a cycle through thousands of groups stays one line.
+fn chain_text(names: &[&str]) -> String {
+    const KEEP: usize = 4;
+    if names.len() <= 2 * KEEP + 1 {
+        return names.join(" → ");
+    }
+    let left = names.len() - 2 * KEEP;
+    format!("{} → … {left} more … → {}", names[..KEEP].join(" → "), names[names.len() - KEEP..].join(" → "))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -1118,7 +1161,7 @@ pub struct EndpointCtx<'a> {
     pub claimed: &'a AddrSet,
 }
 
-impl EndpointCtx<'_> {
+impl<'a> EndpointCtx<'a> {
     pub fn endpoint(&self, text: &str) -> Result<Endpoint, String> {
         let p = self.policy;
         let mut points = vec![];
@@ -1130,7 +1173,7 @@ impl EndpointCtx<'_> {
                 }
             }
             _ => match p.names.get(text) {
-                Some((named, _)) => self.named_points(text, named, &mut points, 0),
+                Some((named, _)) => self.named_points(text, named, &mut points),
                 None => match parse_net(text) {
                     Ok(n) => {
                         let a = first_usable(&n);
@@ -1145,7 +1188,27 @@ impl EndpointCtx<'_> {
         Ok(Endpoint { text: text.into(), is_self: false, points })
     }
 
-    fn named_points(&self, name: &str, named: &Named, out: &mut Vec<(IpAddr, Option<IfaceId>)>, depth: usize) {
+    /// Representative addresses of a named thing. Groups are walked with an explicit
+    /// stack, each group once: nesting depth costs neither call stack nor (with
+    /// groups shared along a chain) exponential time.
+    fn named_points(&self, name: &'a str, named: &'a Named, out: &mut Vec<(IpAddr, Option<IfaceId>)>) {
+        let p = self.policy;
+        let mut seen = std::collections::HashSet::new();
+        let mut work: Vec<(&str, Option<&Named>)> = vec![(name, Some(named))];
+        while let Some((name, named)) = work.pop() {
+            let Some(named) = named else {
+                // A literal member: an address or CIDR.
+                if let Ok(n) = parse_net(name) {
+                    let a = first_usable(&n);
+                    out.push((a, p.iface_for_addr(a)));
+                }
+                continue;
+            };
+            self.named_points_one(name, named, out, &mut seen, &mut work);
+        }
+    }
+
+    fn named_points_one(&self, name: &'a str, named: &'a Named, out: &mut Vec<(IpAddr, Option<IfaceId>)>, seen: &mut std::collections::HashSet<&'a str>, work: &mut Vec<(&'a str, Option<&'a Named>)>) {
         let p = self.policy;
         match named {
             Named::Zone(z) => {
@@ -1180,20 +1243,12 @@ impl EndpointCtx<'_> {
                 }
             }
             Named::Group(_, members) => {
-                if depth > 32 {
+                if !seen.insert(name) {
                     return;
                 }
-                // Each member contributes its own representatives.
-                for m in members {
-                    match p.names.get(m) {
-                        Some((n, _)) => self.named_points(m, n, out, depth + 1),
-                        None => {
-                            if let Ok(n) = parse_net(m) {
-                                let a = first_usable(&n);
-                                out.push((a, p.iface_for_addr(a)));
-                            }
-                        }
-                    }
+                // Each member contributes its own representatives, in member order.
+                for m in members.iter().rev() {
+                    work.push((m.as_str(), p.names.get(m).map(|(n, _)| n)));
                 }
             }
         }

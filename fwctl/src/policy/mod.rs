@@ -13,51 +13,209 @@ use raw::*;
 use std::path::{Path, PathBuf};
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
+/// The largest policy file read (a policy of 100 000 rules is about 12 MiB).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// The most policy text read in one run, all files together.
+pub const MAX_TOTAL_BYTES: u64 = 64 << 20;
+/// The deepest directory nesting under the policy root.
+pub const MAX_DEPTH: usize = 32;
+
 /// Read every policy file under `path` into `sm`; I/O problems become diagnostics.
+///
+/// The loader reads regular files under the policy root only. `path` itself (the
+/// root, chosen by the operator) may be a symbolic link. Under it, a symbolic link
+/// that would be read (its name ends in `.toml`, or it leads to a directory) is
+/// refused, whether it points inside the root, outside it, back to an ancestor (a
+/// directory cycle) or nowhere: a link either reads a file twice or reads a file
+/// that is not part of the policy. A FIFO, socket or device named `*.toml` is
+/// refused without being opened for a blocking read; a file larger than
+/// [`MAX_FILE_BYTES`], text beyond [`MAX_TOTAL_BYTES`] in all and directories
+/// nested deeper than [`MAX_DEPTH`] are refused. Every refusal is an error that
+/// names the path (`--> path`).
 pub fn load(path: &Path, sm: &mut SourceMap, diags: &mut Vec<Diagnostic>) -> RawPolicy {
-    let mut files = Vec::new();
-    if path.is_dir() {
-        collect_toml(path, &mut files, diags);
-        if files.is_empty() && diags.is_empty() {
-            diags.push(Diagnostic::error("no-policy", format!("no *.toml files under {}", path.display())));
+    // (path, whether a symbolic link may lead to it: only the root, chosen by the operator)
+    let mut files: Vec<(PathBuf, bool)> = Vec::new();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let before = diags.len();
+            let mut walk = Walk { root: path, ancestors: vec![], out: &mut files, diags };
+            walk.dir(path, &m);
+            if files.is_empty() && diags.len() == before {
+                diags.push(Diagnostic::error("no-policy", format!("no *.toml files under {}", path.display())));
+            }
         }
-    } else if path.exists() {
-        files.push(path.to_path_buf());
-    } else {
-        diags.push(Diagnostic::error("no-policy", format!("policy path {} does not exist", path.display())));
+        Ok(m) if m.is_file() => files.push((path.to_path_buf(), true)),
+        Ok(m) => diags.push(
+            Diagnostic::error("not-a-file", format!("policy path {} is {}, not a regular file or a directory", path.display(), kind_of(&m.file_type())))
+                .in_file(path),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            diags.push(Diagnostic::error("no-policy", format!("policy path {} does not exist", path.display())));
+        }
+        Err(e) => diags.push(Diagnostic::error("io", format!("cannot read {}: {e}", path.display())).in_file(path)),
     }
     let mut raw = RawPolicy::default();
-    for f in files {
-        match std::fs::read_to_string(&f) {
+    let mut total: u64 = 0;
+    for (f, is_root) in files {
+        let budget = MAX_TOTAL_BYTES.saturating_sub(total);
+        match read_policy_file(&f, budget, is_root) {
             Ok(text) => {
+                total += text.len() as u64;
                 let id = sm.add(f, text);
                 parse_file(sm, id, &mut raw, diags);
             }
-            Err(e) => diags.push(Diagnostic::error("io", format!("cannot read {}: {e}", f.display()))),
+            Err(d) => {
+                // Past the total budget every further file would be refused too.
+                let spent = d.code == "too-large" && budget < MAX_FILE_BYTES;
+                diags.push(d);
+                if spent {
+                    break;
+                }
+            }
         }
     }
     raw
 }
 
-fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
-    let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(e) => {
-            diags.push(Diagnostic::error("io", format!("cannot read directory {}: {e}", dir.display())));
+/// What kind of file a non-regular entry is, for messages ("a FIFO").
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Open one policy file without following a final symbolic link (unless it is the
+/// root given by the operator) and without blocking (a FIFO swapped in after the
+/// walk must not hang the run), check on the open descriptor that it is a regular
+/// file no larger than the caps, and read it.
+fn read_policy_file(path: &Path, budget: u64, is_root: bool) -> Result<String, Diagnostic> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| Diagnostic::error("io", format!("cannot read {}: {e}", path.display())).in_file(path);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(if is_root { 0 } else { nix::libc::O_NOFOLLOW } | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => Diagnostic::error("symlink", format!("{} is a symbolic link; policy files must be regular files", path.display())).in_file(path),
+            _ => io(e),
+        })?;
+    let meta = f.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(Diagnostic::error("not-a-file", format!("{} is {}, not a regular file", path.display(), kind_of(&meta.file_type()))).in_file(path));
+    }
+    let too_large = |what: String| Diagnostic::error("too-large", what).in_file(path);
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(format!("{} is {} bytes; policy files may hold at most {MAX_FILE_BYTES} bytes", path.display(), meta.len())));
+    }
+    let limit = MAX_FILE_BYTES.min(budget);
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(limit)).unwrap_or(0));
+    // Read one byte past the limit: a file that grows (or lies about its size) is caught.
+    (&f).take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(if limit < MAX_FILE_BYTES {
+            format!("reading {} would exceed {MAX_TOTAL_BYTES} bytes of policy text in all", path.display())
+        } else {
+            format!("{} holds more than {MAX_FILE_BYTES} bytes; policy files may hold at most that", path.display())
+        }));
+    }
+    String::from_utf8(bytes).map_err(|_| Diagnostic::error("io", format!("cannot read {}: not UTF-8 text", path.display())).in_file(path))
+}
+
+/// The directory walk under the policy root.
+struct Walk<'a> {
+    root: &'a Path,
+    /// (device, inode) of the directories from the root to the current one: a
+    /// directory met again (a bind mount of an ancestor) is a cycle.
+    ancestors: Vec<((u64, u64), PathBuf)>,
+    out: &'a mut Vec<(PathBuf, bool)>,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path, meta: &std::fs::Metadata) {
+        use std::os::unix::fs::MetadataExt;
+        let id = (meta.dev(), meta.ino());
+        if let Some((_, first)) = self.ancestors.iter().find(|(a, _)| *a == id) {
+            let d = Diagnostic::error("dir-cycle", format!("directory {} is {} again (a directory cycle); it is read once", dir.display(), first.display())).in_file(dir);
+            self.diags.push(d);
             return;
         }
-    };
-    entries.sort();
-    for p in entries {
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
+        if self.ancestors.len() >= MAX_DEPTH {
+            self.diags.push(Diagnostic::error("too-deep", format!("directory {} is nested more than {MAX_DEPTH} levels under the policy root", dir.display())).in_file(dir));
+            return;
         }
-        if p.is_dir() {
-            collect_toml(&p, out, diags);
-        } else if p.extension().is_some_and(|e| e == "toml") {
-            out.push(p);
+        let mut entries: Vec<(PathBuf, std::fs::FileType)> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).filter_map(|e| Some((e.path(), e.file_type().ok()?))).collect(),
+            Err(e) => {
+                self.diags.push(Diagnostic::error("io", format!("cannot read directory {}: {e}", dir.display())).in_file(dir));
+                return;
+            }
+        };
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        self.ancestors.push((id, dir.to_path_buf()));
+        for (p, t) in entries {
+            let hidden = p.file_name().map(|n| n.as_encoded_bytes()).is_some_and(|n| n.starts_with(b"."));
+            if hidden {
+                continue;
+            }
+            let is_toml = p.extension().is_some_and(|e| e == "toml");
+            if t.is_symlink() {
+                // Only a link that would be read matters; `README -> ...` stays ignored.
+                let target_meta = std::fs::metadata(&p);
+                if is_toml || target_meta.as_ref().is_ok_and(|m| m.is_dir()) {
+                    let d = self.symlink(&p);
+                    self.diags.push(d);
+                }
+            } else if t.is_dir() {
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_dir() => self.dir(&p, &m),
+                    Ok(_) => self.diags.push(Diagnostic::error("io", format!("{} changed while it was read", p.display())).in_file(&p)),
+                    Err(e) => self.diags.push(Diagnostic::error("io", format!("cannot read directory {}: {e}", p.display())).in_file(&p)),
+                }
+            } else if is_toml {
+                if t.is_file() {
+                    self.out.push((p, false));
+                } else {
+                    let d = Diagnostic::error("not-a-file", format!("{} is {}, not a regular file", p.display(), kind_of(&t))).in_file(&p);
+                    self.diags.push(d);
+                }
+            }
         }
+        self.ancestors.pop();
+    }
+
+    /// The refusal of a symbolic link, saying where it leads.
+    fn symlink(&self, p: &Path) -> Diagnostic {
+        let what = match std::fs::read_link(p) {
+            Ok(t) => format!("{} is a symbolic link to {}", p.display(), t.display()),
+            Err(_) => format!("{} is a symbolic link", p.display()),
+        };
+        let target = std::fs::canonicalize(p);
+        let root = std::fs::canonicalize(self.root);
+        let msg = match (&target, &root) {
+            (Err(e), _) => format!("{what} that does not resolve ({e})"),
+            (Ok(t), Ok(r)) if !t.starts_with(r) => format!("{what}, outside the policy root {}", self.root.display()),
+            (Ok(t), _) => match self.ancestors.iter().rev().find(|(_, a)| std::fs::canonicalize(a).is_ok_and(|a| &a == t)) {
+                Some((_, a)) => format!("{what}, back to its ancestor directory {} (a directory cycle)", a.display()),
+                None => format!("{what} inside the policy root"),
+            },
+        };
+        let msg = msg + "; symbolic links under the policy root are refused";
+        Diagnostic::error("symlink", msg).in_file(p).note("the policy loader reads only regular files and directories under the policy root")
     }
 }
 

@@ -86,7 +86,8 @@ pub enum KeyError {
     Io { path: PathBuf, what: &'static str, source: io::Error },
     /// Group or others may access the file.
     Permissions { path: PathBuf, mode: u32 },
-    NotAFile { path: PathBuf },
+    /// A symbolic link, FIFO, socket, device or directory where a key file should be.
+    NotAFile { path: PathBuf, kind: &'static str },
     /// The file (or stdin) does not hold a WireGuard key. `what` names the
     /// source; the content is never repeated.
     Format { what: String },
@@ -105,7 +106,7 @@ impl fmt::Display for KeyError {
                 mode & 0o7777,
                 path.display()
             ),
-            KeyError::NotAFile { path } => write!(f, "key file {} is not a regular file", path.display()),
+            KeyError::NotAFile { path, kind } => write!(f, "key file {} is {kind}, not a regular file", path.display()),
             KeyError::Format { what } => write!(f, "{what} does not hold a WireGuard key (expected 44 characters of base64 encoding 32 bytes)"),
             KeyError::Exists { path } => write!(f, "{} already exists; refusing to overwrite a key file", path.display()),
             KeyError::Random(e) => write!(f, "cannot read random bytes from /dev/urandom: {e}"),
@@ -251,14 +252,37 @@ impl fmt::Debug for PresharedKey {
     }
 }
 
+/// What a non-regular file is, for [`KeyError::NotAFile`].
+fn kind_of(t: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match () {
+        _ if t.is_fifo() => "a FIFO",
+        _ if t.is_socket() => "a socket",
+        _ if t.is_char_device() => "a character device",
+        _ if t.is_block_device() => "a block device",
+        _ if t.is_dir() => "a directory",
+        _ if t.is_symlink() => "a symbolic link",
+        _ => "not a regular file",
+    }
+}
+
 /// Read a secret key file: it must be a regular file that neither group nor
 /// others can access. Returns the text, wiped on drop.
+///
+/// Opened with `O_NOFOLLOW` (a symbolic link is refused) and `O_NONBLOCK` (opening
+/// a FIFO returns at once instead of waiting for a writer — `plan` and `apply`
+/// read keys while they hold the state lock), then checked on the open descriptor:
+/// a regular file, 0600 or stricter, at most 1 KiB read.
 fn read_key_file(path: &Path) -> Result<SecretBuf, KeyError> {
     let io = |what, source| KeyError::Io { path: path.to_path_buf(), what, source };
-    let mut f = OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path).map_err(|e| io("cannot open key file", e))?;
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    let mut f = OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(|e| match e.raw_os_error() {
+        Some(nix::libc::ELOOP) => KeyError::NotAFile { path: path.to_path_buf(), kind: "a symbolic link" },
+        _ => io("cannot open key file", e),
+    })?;
     let meta = f.metadata().map_err(|e| io("cannot stat key file", e))?;
     if !meta.is_file() {
-        return Err(KeyError::NotAFile { path: path.to_path_buf() });
+        return Err(KeyError::NotAFile { path: path.to_path_buf(), kind: kind_of(meta.file_type()) });
     }
     if meta.mode() & 0o077 != 0 {
         return Err(KeyError::Permissions { path: path.to_path_buf(), mode: meta.mode() });
@@ -435,6 +459,40 @@ mod tests {
         let e = load_private_key(&path, true).unwrap_err().to_string();
         assert!(e.contains("does not hold a WireGuard key") && !e.contains("not a key\n"), "{e}");
         assert!(matches!(load_private_key(&d.join("missing.key"), false), Err(KeyError::Io { .. })));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Run `f` on another thread; fail (instead of hanging the suite) if it blocks.
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).expect("reading the key file blocked")
+    }
+
+    #[test]
+    fn key_file_that_is_a_fifo_symlink_or_device_is_refused_without_blocking() {
+        let d = tmpdir("special");
+        let fifo = d.join("wg0.key");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let p = fifo.clone();
+        let e = within_5s(move || load_private_key(&p, true).map(|_| ()).unwrap_err());
+        assert!(matches!(&e, KeyError::NotAFile { kind: "a FIFO", .. }), "{e}");
+        assert_eq!(e.to_string(), format!("key file {} is a FIFO, not a regular file", fifo.display()));
+        let p = fifo.clone();
+        assert!(matches!(within_5s(move || load_psk(&p).map(|_| ()).unwrap_err()), KeyError::NotAFile { kind: "a FIFO", .. }));
+        // A symbolic link is refused even when it leads to a good key file.
+        let real = d.join("real.key");
+        create_key_file(&real, &PrivateKey::generate().unwrap().expose_base64()).unwrap();
+        let link = d.join("link.key");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(load_private_key(&link, true), Err(KeyError::NotAFile { kind: "a symbolic link", .. })));
+        let zero = d.join("zero.key");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(matches!(within_5s(move || load_psk(&zero).map(|_| ()).unwrap_err()), KeyError::NotAFile { kind: "a symbolic link", .. }));
+        let e = within_5s(|| load_psk(Path::new("/dev/zero")).map(|_| ()).unwrap_err());
+        assert!(matches!(e, KeyError::NotAFile { kind: "a character device", .. }), "{e}");
         fs::remove_dir_all(&d).unwrap();
     }
 }
