@@ -14,6 +14,24 @@
 // range); naming each tuple type would only rename them.
 #![allow(clippy::type_complexity)]
 
+// std's print macros panic when stdout is a closed pipe; these route every
+// `print!`/`println!`/`eprint!`/`eprintln!` of the crate through
+// `sys::stdio` instead (textual scope: they shadow std's in every module below).
+macro_rules! print {
+    ($($t:tt)*) => { $crate::sys::stdio::out(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { $crate::sys::stdio::outln(format_args!("")) };
+    ($($t:tt)*) => { $crate::sys::stdio::outln(format_args!($($t)*)) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { $crate::sys::stdio::err(format_args!($($t)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::sys::stdio::errln(format_args!("")) };
+    ($($t:tt)*) => { $crate::sys::stdio::errln(format_args!($($t)*)) };
+}
+
 pub mod apply;
 pub mod audit;
 pub mod check;
