@@ -261,7 +261,7 @@ fn events(records: &[Value]) -> Vec<String> {
 
 #[test]
 fn plan_shows_exact_flow_changes() {
-    let Some(env) = Env::new("fwap") else { return };
+    let Some(env) = Env::new("fwaq") else { return };
     let state = env.state();
     let snap = |g: u64| state.join(format!("generations/{g:06}/policy/policy.toml")).display().to_string();
     let base = base_text();
@@ -675,7 +675,7 @@ fn no_terminal_requires_yes() {
 /// 0 without a panic. `plan` into a closed pipe keeps its exit code (2).
 #[test]
 fn apply_into_a_closed_pipe_completes_and_audits() {
-    let Some(env) = Env::new("fwap") else { return };
+    let Some(env) = Env::new("fwaq") else { return };
     let base = base_text();
     let p = env.policy("base", &base);
     let st = env.state();
