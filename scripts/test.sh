@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, golden, property, scale, and the privileged
-# end-to-end tests in network namespaces. As root they run; without root they
-# skip with a message — except under CI (CI set), where a missing prerequisite fails.
+# end-to-end tests in network namespaces. Runs as root (re-runs itself through
+# sudo when started as another user); under CI (CI set) a missing prerequisite fails.
 set -euo pipefail
+. "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 cargo build --quiet --all-targets
