@@ -7,8 +7,9 @@
 //! `render` (→ nft text, JSON, human reports).
 //! `eval` is the reference evaluator of the contract's semantics: the oracle for
 //! the compiler and the engine of `explain` and policy tests. `diag` renders errors.
-//! Everything above is pure; `sys` is the only layer that touches the kernel,
-//! files or the clock, and `cli` wires commands to the pipeline.
+//! Everything above is pure. Effects are at the edges: `sys` (kernel, programs,
+//! namespaces, clock, stdout), `state`/`audit` (the state directory), `vpn`
+//! (key files, tunnels), `apply` driving them; `cli` wires commands to the pipeline.
 
 // Tuples are the keys of the compiler's maps and sweeps (class, class, proto, port
 // range); naming each tuple type would only rename them.
