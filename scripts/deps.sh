@@ -18,7 +18,11 @@ if ((${#need[@]})); then
     apt-get update -qq
     apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# Debian 12's own cargo/rustc (1.63) cannot build this workspace: Cargo.lock is
+# version 4 (cargo >= 1.78), the dependencies need rustc >= 1.85 and the tests
+# (proptest) >= 1.88. So a missing toolchain is not installed from apt.
 if ! command -v cargo >/dev/null; then
-    echo "deps: cargo (Rust) is required: https://rustup.rs" >&2
+    echo "deps: cargo (Rust >= 1.88) is required and Debian 12's rustc 1.63 is too old;" >&2
+    echo "deps: install it with rustup (https://rustup.rs), then run this script again" >&2
     exit 1
 fi

@@ -4,6 +4,7 @@
 # namespace, check every [[tests]] entry and a zone × host × service matrix with
 # real packets, then tear the lab down. Needs root (namespaces, nftables).
 set -euo pipefail
+. "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 policy="${1:-policies/carif-oref}"
 bash scripts/deps.sh

@@ -269,7 +269,7 @@ fn events(records: &[Value]) -> Vec<String> {
 
 #[test]
 fn plan_shows_exact_flow_changes() {
-    let Some(env) = Env::new("fwap") else { return };
+    let Some(env) = Env::new("fwaq") else { return };
     let state = env.state();
     let snap = |g: u64| state.join(format!("generations/{g:06}/policy/policy.toml")).display().to_string();
     let base = base_text();
@@ -869,4 +869,32 @@ fn loose_dates_and_reasons_are_usage_errors() {
     }
     assert!(a.stderr.contains("FWCTL_TODAY"), "{a}");
     assert!(!st.exists() || std::fs::read_dir(&st).map(|d| d.count()).unwrap_or(0) == 0);
+}
+
+/// `fwctl apply | head -1`: the reader goes away before apply writes a line; the
+/// apply still completes, writes its generation and its audit record, and exits
+/// 0 without a panic. `plan` into a closed pipe keeps its exit code (2).
+#[test]
+fn apply_into_a_closed_pipe_completes_and_audits() {
+    let Some(env) = Env::new("fwaq") else { return };
+    let base = base_text();
+    let p = env.policy("base", &base);
+    let st = env.state();
+    let closed = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--state-dir", st.to_str().unwrap()]);
+        output(env.cmd(&all).stdout(writer))
+    };
+    let o = closed(&["apply", p.to_str().unwrap(), "--yes"]);
+    assert_eq!(o.code, Some(0), "apply into a closed pipe:\n{o}");
+    assert!(!o.stderr.contains("panicked"), "{o}");
+    assert!(env.listing().is_some(), "the ruleset was not loaded");
+    assert_eq!(events(&env.audit()), vec!["apply"]);
+    assert_eq!(Env::gen(&env.history(), 1)["current"], Value::Bool(true));
+    let e = env.policy("edit", &with_host04(&base));
+    let o = closed(&["plan", e.to_str().unwrap()]);
+    assert_eq!(o.code, Some(2), "plan into a closed pipe:\n{o}");
+    assert!(!o.stderr.contains("panicked"), "{o}");
 }

@@ -7,12 +7,31 @@
 //! `render` (→ nft text, JSON, human reports).
 //! `eval` is the reference evaluator of the contract's semantics: the oracle for
 //! the compiler and the engine of `explain` and policy tests. `diag` renders errors.
-//! Everything above is pure; `sys` is the only layer that touches the kernel,
-//! files or the clock, and `cli` wires commands to the pipeline.
+//! Everything above is pure. Effects are at the edges: `sys` (kernel, programs,
+//! namespaces, clock, stdout), `state`/`audit` (the state directory), `vpn`
+//! (key files, tunnels), `apply` driving them; `cli` wires commands to the pipeline.
 
 // Tuples are the keys of the compiler's maps and sweeps (class, class, proto, port
 // range); naming each tuple type would only rename them.
 #![allow(clippy::type_complexity)]
+
+// std's print macros panic when stdout is a closed pipe; these route every
+// `print!`/`println!`/`eprint!`/`eprintln!` of the crate through
+// `sys::stdio` instead (textual scope: they shadow std's in every module below).
+macro_rules! print {
+    ($($t:tt)*) => { $crate::sys::stdio::out(format_args!($($t)*)) };
+}
+macro_rules! println {
+    () => { $crate::sys::stdio::outln(format_args!("")) };
+    ($($t:tt)*) => { $crate::sys::stdio::outln(format_args!($($t)*)) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { $crate::sys::stdio::err(format_args!($($t)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::sys::stdio::errln(format_args!("")) };
+    ($($t:tt)*) => { $crate::sys::stdio::errln(format_args!($($t)*)) };
+}
 
 pub mod apply;
 pub mod audit;

@@ -37,11 +37,10 @@ pub enum LabAction {
         #[arg(long, default_value_t = 1.0)]
         timeout: f64,
     },
-    /// Remove every namespace of the lab (also after a failed `up`)
-    Down {
-        #[arg(long, default_value = lab::DEFAULT_PREFIX)]
-        prefix: String,
-    },
+    /// Remove every namespace of the lab (also after a failed `up`). PATH is
+    /// accepted like `up` and `check` take it, and not read: the lab is found by
+    /// its prefix, so `down` works even when the policy no longer loads
+    Down(LabOpts),
 }
 
 fn load(path: &std::path::Path) -> Result<crate::model::Policy, u8> {
@@ -61,7 +60,7 @@ pub fn exec(a: &LabArgs) -> u8 {
     match &a.action {
         LabAction::Up(o) => up(o),
         LabAction::Check { opts, out, timeout } => check(opts, out.json, *timeout),
-        LabAction::Down { prefix } => match netns::cleanup_prefix(prefix) {
+        LabAction::Down(LabOpts { prefix, .. }) => match netns::cleanup_prefix(prefix) {
             Ok(gone) => {
                 let _ = std::fs::remove_dir_all(state_dir(prefix));
                 println!("removed {} namespace(s) with prefix {prefix}", gone.len());
@@ -184,4 +183,21 @@ fn check(o: &LabOpts, json: bool, timeout: f64) -> u8 {
         println!("{} probes, {} as expected, {} mismatched; {} packet(s) not probeable here", rows.len(), rows.len() - bad, bad, plan.skipped.len());
     }
     if bad == 0 { EXIT_OK } else { EXIT_FAIL }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    /// `lab down PATH`, as `up PATH` and `check PATH` are written in the docs.
+    #[test]
+    fn lab_down_accepts_the_policy_path_like_up_and_check() {
+        for args in [&["fwctl", "lab", "down", "policies/carif-oref"][..], &["fwctl", "lab", "down", "policies/carif-oref", "--prefix", "fwx"], &["fwctl", "lab", "down"]] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Lab(l) = cli.command else { panic!("{args:?}: not lab") };
+            let super::LabAction::Down(o) = l.action else { panic!("{args:?}: not down") };
+            assert_eq!(o.prefix, if args.len() == 6 { "fwx" } else { crate::lab::DEFAULT_PREFIX });
+        }
+    }
 }

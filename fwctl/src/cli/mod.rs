@@ -102,7 +102,7 @@ pub fn main() -> u8 {
         eprintln!("error: {e}");
         return EXIT_USAGE;
     }
-    match cli.command {
+    let code = match cli.command {
         Command::Check(a) => check::exec(&a),
         Command::Compile(a) => compile::exec(&a),
         Command::Explain(a) => explain::exec(&a),
@@ -116,7 +116,8 @@ pub fn main() -> u8 {
         Command::Audit(a) => audit::exec(&a),
         Command::Watchdog(a) => watchdog::exec(&a),
         Command::Vpn(a) => vpn::exec(&a),
-    }
+    };
+    crate::sys::stdio::finish(code)
 }
 
 /// Print diagnostics (text to stderr) and say whether there were errors.

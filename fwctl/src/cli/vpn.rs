@@ -345,16 +345,9 @@ fn status(a: &StatusArgs) -> u8 {
     EXIT_OK
 }
 
-fn write_private_file(path: &std::path::Path, data: &[u8]) -> Result<(), Error> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::Io { context: format!("create {}", path.display()), source: e })?;
-    f.write_all(data).map_err(|e| Error::Io { context: format!("write {}", path.display()), source: e })
+/// Write into a file made by `keys::create_secret_file`.
+fn write_secret(f: &mut std::fs::File, path: &std::path::Path, data: &[u8]) -> Result<(), Error> {
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| Error::Io { context: format!("write {}", path.display()), source: e })
 }
 
 fn peer_add(a: &PeerAddArgs) -> u8 {
@@ -368,9 +361,31 @@ fn peer_add(a: &PeerAddArgs) -> u8 {
         dns: a.dns.clone(),
         keepalive: a.keepalive,
     };
+    // The QR images hold the peer's private key: made new (0600, no existing
+    // file, no symlink) before anything changes, so a refusal changes nothing.
+    let mut images = vec![];
+    for path in a.png.iter().chain(&a.svg) {
+        match keys::create_secret_file(path) {
+            Ok(f) => images.push((path.clone(), f)),
+            Err(e) => {
+                for (p, _) in &images {
+                    let _ = std::fs::remove_file(p);
+                }
+                return fail(e.into());
+            }
+        }
+    }
+    let remove_images = |images: &[(PathBuf, std::fs::File)]| {
+        for (p, _) in images {
+            let _ = std::fs::remove_file(p);
+        }
+    };
     let p = match ops::peer_add(&opts) {
         Ok(p) => p,
-        Err(e) => return fail(e),
+        Err(e) => {
+            remove_images(&images);
+            return fail(e);
+        }
     };
     let mut out = std::io::stdout().lock();
     if out.write_all(p.config.as_bytes()).and_then(|_| out.flush()).is_err() {
@@ -395,16 +410,15 @@ fn peer_add(a: &PeerAddArgs) -> u8 {
             }
         }
     }
-    if let Some(path) = &a.png {
-        match crate::vpn::client::qr_png(&p.config).map_err(|e| Error::Io { context: "PNG".into(), source: std::io::Error::other(e) }).and_then(|d| write_private_file(path, &d)) {
-            Ok(()) => eprintln!("QR code written to {}", path.display()),
-            Err(e) => rc = fail(e),
-        }
-    }
-    if let Some(path) = &a.svg {
-        match crate::vpn::client::qr_svg(&p.config).map_err(|e| Error::Io { context: "SVG".into(), source: std::io::Error::other(e) }).and_then(|d| write_private_file(path, d.as_bytes())) {
-            Ok(()) => eprintln!("QR code written to {}", path.display()),
-            Err(e) => rc = fail(e),
+    for (path, f) in &mut images {
+        let svg = a.svg.as_ref() == Some(path);
+        let data = if svg { crate::vpn::client::qr_svg(&p.config).map(String::into_bytes) } else { crate::vpn::client::qr_png(&p.config) };
+        match data.map_err(|e| Error::Io { context: if svg { "SVG" } else { "PNG" }.into(), source: std::io::Error::other(e) }).and_then(|d| write_secret(f, path, &d)) {
+            Ok(()) => eprintln!("QR code written to {} (0600)", path.display()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&*path);
+                rc = fail(e);
+            }
         }
     }
     rc

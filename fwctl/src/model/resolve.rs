@@ -1141,7 +1141,9 @@ fn parse_if_addr(s: &str) -> Option<(IpAddr, u8)> {
     (len <= max).then_some((ip, len))
 }
 
-fn valid_endpoint(s: &str) -> bool {
+/// HOST:PORT as a WireGuard endpoint: an IP socket address, or a DNS name
+/// (letters, digits, '-', '.') and a port 1..65535. Nothing else (no spaces, no newlines).
+pub(crate) fn valid_endpoint(s: &str) -> bool {
     if s.parse::<std::net::SocketAddr>().is_ok() {
         return true;
     }

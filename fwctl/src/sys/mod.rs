@@ -6,3 +6,4 @@ pub mod netns;
 pub mod nft;
 pub mod nftnl;
 pub mod probe;
+pub mod stdio;

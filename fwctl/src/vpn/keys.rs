@@ -304,6 +304,20 @@ fn read_key_file(path: &Path) -> Result<SecretBuf, KeyError> {
     Ok(buf)
 }
 
+/// Create a new file for secret-bearing data (a client configuration, its QR
+/// code): `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600. An existing file or a symlink
+/// at `path` is refused, never reused or followed.
+pub fn create_secret_file(path: &Path) -> Result<File, KeyError> {
+    match OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(path) {
+        Ok(f) => {
+            f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(|e| KeyError::Io { path: path.to_path_buf(), what: "cannot chmod", source: e })?;
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(KeyError::Exists { path: path.to_path_buf() }),
+        Err(e) => Err(KeyError::Io { path: path.to_path_buf(), what: "cannot create", source: e }),
+    }
+}
+
 /// Create `path` with mode 0600 (never replacing an existing file) and write
 /// `text` and a newline into it. Missing parent directories are created 0700.
 pub fn create_key_file(path: &Path, text: &SecretBuf) -> Result<(), KeyError> {

@@ -627,9 +627,15 @@ pub fn peer_add(o: &PeerAdd) -> Result<NewPeer, Error> {
         return Err(Error::Policy(format!("vpn `{}` already has a peer `{}`", o.vpn, o.name)));
     }
     if let Some(e) = &o.endpoint {
-        let ok = e.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !ok {
-            return Err(Error::Policy(format!("--endpoint `{e}` is not HOST:PORT")));
+        // It goes into the client's wg-quick file: a newline there would add lines
+        // (PostUp = …) that wg-quick runs as root on the client.
+        if !crate::model::resolve::valid_endpoint(e) {
+            return Err(Error::Policy(format!("--endpoint {e:?} is not HOST:PORT (e.g. 198.51.100.7:51820, [2001:db8::1]:51820, vpn.example.org:51820)")));
+        }
+    }
+    for d in &o.dns {
+        if d.trim().parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::Policy(format!("--dns {d:?} is not an IP address")));
         }
     }
     let file = loaded.sm.path(vpn.span.file).to_path_buf();
