@@ -137,6 +137,18 @@ fn chain(name: &str, comment: &str, rules: Vec<String>) -> Chain {
     Chain { name: name.into(), base: None, comment: comment.into(), rules }
 }
 
+/// The longest log prefix the kernel takes, in bytes (NF_LOG_PREFIXLEN less the NUL).
+pub const LOG_PREFIX_MAX: usize = 127;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub fn truncate_bytes(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A rule name safe inside an nft string (names are validated, this is belt and braces).
 pub fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control() && *c != '"' && *c != '\\').collect()
@@ -354,10 +366,10 @@ impl Builder<'_> {
                 Action::Allow => ("allow", "goto allow"),
                 Action::Deny => ("deny", refuse),
             };
-            let mut prefix = format!("fwctl {word} {}: ", clean(&rule.name));
-            while prefix.len() > 127 {
-                prefix.remove(prefix.len() - 3);
-            }
+            // The kernel takes at most 127 bytes of prefix: cut the name, on a
+            // character boundary (a name may be multibyte).
+            let budget = LOG_PREFIX_MAX - format!("fwctl {word} : ").len();
+            let prefix = format!("fwctl {word} {}: ", truncate_bytes(&clean(&rule.name), budget));
             self.chains.push(chain(&format!("log_{r}"), &format!("rule {}", clean(&rule.name)), vec![format!("{LOG_RATE} log prefix \"{prefix}\" level info"), then.into()]));
         }
 

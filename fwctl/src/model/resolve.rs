@@ -120,7 +120,7 @@ impl Resolver<'_> {
         let fw = &self.raw.firewall;
         let name = fw.name.as_ref().map(|n| n.v.clone()).unwrap_or_else(|| "firewall".into());
         if let Some(n) = &fw.name {
-            if n.v.is_empty() || n.v.chars().any(|c| c.is_control()) {
+            if n.v.is_empty() || n.v.chars().any(|c| !is_printable(c)) {
                 self.diags.push(Diagnostic::error("invalid-value", "firewall name must be non-empty printable text").at(n.span, "here"));
             }
         }
