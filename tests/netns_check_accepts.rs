@@ -76,6 +76,8 @@ fn hostile(rng: &mut Rng, budget: usize, random: usize) -> Vec<String> {
         let len = 1 + rng.below(budget + 8);
         v.push((0..len).map(|_| *rng.pick(&pool)).collect());
     }
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|s| seen.insert(s.clone()));
     v
 }
 
