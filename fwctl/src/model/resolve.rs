@@ -945,7 +945,7 @@ impl Resolver<'_> {
                     && zone.networks.as_ref().is_some_and(|n| covers_part_of(&b.addrs, n))
             });
             if let Some((_, zone)) = hit {
-                let msg = format!("allowed_ips of peer `{}` overlap the networks of zone `{}`", b.peer, zone.name);
+                let msg = format!("allowed_ips of peer `{}` cover networks of zone `{}`", b.peer, zone.name);
                 let (name, span) = (zone.name.clone(), zone.span);
                 self.err(Diagnostic::error("overlap", msg).at(b.span, "routed into the tunnel").also(span, format!("zone `{name}` is reached through its own interfaces")).note("the route would divert that zone's traffic into the tunnel"));
             }
