@@ -6,6 +6,8 @@
 
 pub mod addr;
 pub mod analyze;
+#[cfg(test)]
+mod hostile_tests;
 pub mod resolve;
 pub mod services;
 
