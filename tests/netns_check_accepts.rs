@@ -84,8 +84,8 @@ fn hostile(rng: &mut Rng, budget: usize, random: usize) -> Vec<String> {
 const HEAD: &str = "[firewall]\nname = \"hostile\"\nlog_default = true\n[zones.outside]\n[zones.inside]\nnetworks = [\"192.0.2.0/24\", \"2001:db8:10::/64\"]\n[zones.admins]\n";
 
 fn rule(name: &str, comment: &str, owner: &str, k: usize) -> String {
-    let (from, to) = if k % 2 == 0 { ("outside", "inside") } else { ("inside", "self") };
-    let allow_deny = if k % 3 == 0 { "deny" } else { "allow" };
+    let (from, to) = if k.is_multiple_of(2) { ("outside", "inside") } else { ("inside", "self") };
+    let allow_deny = if k.is_multiple_of(3) { "deny" } else { "allow" };
     format!(
         "[[rules]]\nname = {}\nfrom = \"{from}\"\nto = \"{to}\"\n{allow_deny} = [\"ssh\", \"ping\"]\nlog = true\ncomment = {}\nowner = {}\n",
         toml_str(name),
@@ -95,7 +95,7 @@ fn rule(name: &str, comment: &str, owner: &str, k: usize) -> String {
 }
 
 fn interface(dev: &str, k: usize) -> String {
-    let zone = if k % 2 == 0 { "outside" } else { "inside" };
+    let zone = if k.is_multiple_of(2) { "outside" } else { "inside" };
     format!("[interfaces.if{k}]\ndevice = {}\nzone = \"{zone}\"\n", toml_str(dev))
 }
 
