@@ -2,6 +2,7 @@
 //! the verdict for one new connection, the rules that decide it, and the path taken.
 use super::{OutputArgs, PolicyArgs, EXIT_FAIL, EXIT_OK, EXIT_USAGE};
 use crate::eval::{appliance_addr, evaluate, port_forward, Hook, Packet, Reason, Verdict};
+use crate::model::addr::parse_addr;
 use crate::model::{IfName, Policy, Proto};
 use clap::Args;
 use std::net::IpAddr;
@@ -75,19 +76,14 @@ fn device(p: &Policy, s: &str) -> Result<String, String> {
 }
 
 pub fn exec(a: &ExplainArgs) -> u8 {
-    let loaded = crate::check::load(&a.policy.path, crate::sys::clock::today());
-    if loaded.has_errors() {
-        super::report(&loaded, &loaded.diags);
-        return EXIT_FAIL;
-    }
-    let p = loaded.policy.as_ref().expect("no errors means a policy");
+    // The arguments are checked before the policy is read: a usage error is one.
     let Some(proto) = Proto::parse(&a.proto) else {
         eprintln!("error: --proto must be tcp, udp, icmp or icmpv6");
         return EXIT_USAGE;
     };
-    let parse = |s: &str| -> Option<Option<IpAddr>> { if s == "self" { Some(None) } else { s.parse().ok().map(Some) } };
+    let parse = |s: &str| -> Option<Option<IpAddr>> { if s == "self" { Some(None) } else { parse_addr(s).ok().map(Some) } };
     let (Some(src), Some(dst)) = (parse(&a.src), parse(&a.dst)) else {
-        eprintln!("error: --src and --dst take an IPv4/IPv6 address or \"self\"");
+        eprintln!("error: --src and --dst take an IPv4/IPv6 address (not an IPv4-mapped IPv6 one) or \"self\"");
         return EXIT_USAGE;
     };
     if let (Some(Some(s)), Some(Some(d))) = (Some(src), Some(dst)) {
@@ -101,6 +97,14 @@ pub fn exec(a: &ExplainArgs) -> u8 {
         return EXIT_USAGE;
     }
     let port = match (a.port, proto) {
+        (Some(0), Proto::Tcp | Proto::Udp) => {
+            eprintln!("error: --port must be 1..=65535 for tcp and udp");
+            return EXIT_USAGE;
+        }
+        (Some(t), Proto::Icmp | Proto::Icmpv6) if t > 255 => {
+            eprintln!("error: for icmp and icmpv6, --port is the ICMP type: 0..=255");
+            return EXIT_USAGE;
+        }
         (Some(p), _) => p,
         (None, Proto::Icmp) => 8,
         (None, Proto::Icmpv6) => 128,
@@ -109,6 +113,12 @@ pub fn exec(a: &ExplainArgs) -> u8 {
             return EXIT_USAGE;
         }
     };
+    let loaded = crate::check::load(&a.policy.path, crate::sys::clock::today());
+    if loaded.has_errors() {
+        super::report(&loaded, &loaded.diags);
+        return EXIT_FAIL;
+    }
+    let p = loaded.policy.as_ref().expect("no errors means a policy");
     let lookup = |name: &Option<String>| -> Result<Option<String>, String> {
         match name {
             None => Ok(None),

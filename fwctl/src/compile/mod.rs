@@ -177,7 +177,7 @@ fn comment_of(p: &Policy, rules: &[RuleId]) -> String {
     let mut s = String::new();
     for (i, &r) in rules.iter().enumerate() {
         let name = clean(&p.rules[r].name);
-        if s.len() + name.len() + 1 > 120 {
+        if s.len() + name.len() + 1 > 116 {
             s.push_str(&format!(" +{}", rules.len() - i));
             break;
         }

@@ -261,9 +261,39 @@ pub enum NetError {
     Syntax,
     PrefixTooLong(u8),
     HostBits(String),
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`): on the wire the packet is
+    /// IPv4, so an IPv6 match on it never matches. Carries the IPv4 spelling.
+    Mapped(String),
 }
 
-/// Parse `"192.0.2.1"`, `"192.0.2.0/24"`, `"2001:db8::/64"`. Host bits must be zero.
+/// The IPv4 address an IPv4-mapped IPv6 address (`::ffff:0:0/96`) stands for.
+fn mapped_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let x = u128::from(a);
+    (x >> 32 == 0xffff).then(|| Ipv4Addr::from(x as u32))
+}
+
+/// Parse one address (no prefix). IPv4-mapped IPv6 addresses are refused.
+pub fn parse_addr(s: &str) -> Result<IpAddr, NetError> {
+    let ip: IpAddr = s.parse().map_err(|_| NetError::Syntax)?;
+    if let IpAddr::V6(a) = ip {
+        if let Some(v4) = mapped_v4(a) {
+            return Err(NetError::Mapped(v4.to_string()));
+        }
+    }
+    Ok(ip)
+}
+
+/// Whether a name would read as an address: it parses as an address or a CIDR
+/// (even one refused for host bits or a long prefix), or it is made of digits and
+/// dots only (`10.1`, `2024`), which people and `inet_aton` read as addresses.
+/// Such a name would shadow the address it spells.
+pub fn looks_like_address(s: &str) -> bool {
+    let digits_and_dots = !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') && s.chars().any(|c| c.is_ascii_digit());
+    digits_and_dots || s.parse::<IpAddr>().is_ok() || !matches!(parse_net(s), Err(NetError::Syntax))
+}
+
+/// Parse `"192.0.2.1"`, `"192.0.2.0/24"`, `"2001:db8::/64"`. Host bits must be zero;
+/// IPv4-mapped IPv6 addresses and prefixes inside `::ffff:0:0/96` are refused.
 pub fn parse_net(s: &str) -> Result<Net, NetError> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
@@ -278,6 +308,12 @@ pub fn parse_net(s: &str) -> Result<Net, NetError> {
     };
     if len > max {
         return Err(NetError::PrefixTooLong(max));
+    }
+    if let (IpAddr::V6(a), true) = (ip, len >= 96) {
+        if let Some(v4) = mapped_v4(a) {
+            let v4 = if len == 128 { v4.to_string() } else { format!("{v4}/{}", len - 96) };
+            return Err(NetError::Mapped(v4));
+        }
     }
     let net = match ip {
         IpAddr::V4(a) => {
@@ -323,6 +359,26 @@ mod tests {
         assert_eq!(parse_net("2001:db8::/32"), Ok(Net::V6(0x20010db8 << 96, 32)));
         assert_eq!(parse_net("nope"), Err(NetError::Syntax));
         assert_eq!(parse_net("0.0.0.0/0"), Ok(Net::V4(0, 0)));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_is_refused_with_its_ipv4_spelling() {
+        assert_eq!(parse_net("::ffff:192.0.2.1"), Err(NetError::Mapped("192.0.2.1".into())));
+        assert_eq!(parse_net("::ffff:c000:200/120"), Err(NetError::Mapped("192.0.2.0/24".into())));
+        assert_eq!(parse_addr("::ffff:192.0.2.1"), Err(NetError::Mapped("192.0.2.1".into())));
+        // A prefix that merely contains the mapped range is an ordinary IPv6 prefix.
+        assert!(parse_net("::/64").is_ok());
+        assert!(parse_addr("2001:db8::1").is_ok());
+    }
+
+    #[test]
+    fn names_that_read_as_addresses() {
+        for s in ["198.51.100.7", "192.0.2.1/24", "10.1", "2024", "1.2.3.4/99", "::1", "0"] {
+            assert!(looks_like_address(s), "{s}");
+        }
+        for s in ["db03", "web-1", "wg0.alice", "v1.2", ".", ""] {
+            assert!(!looks_like_address(s), "{s}");
+        }
     }
 
     #[test]

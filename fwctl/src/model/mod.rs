@@ -6,6 +6,8 @@
 
 pub mod addr;
 pub mod analyze;
+#[cfg(test)]
+mod hostile_tests;
 pub mod resolve;
 pub mod services;
 
@@ -17,7 +19,10 @@ use std::net::IpAddr;
 
 pub use crate::policy::raw::Date;
 
-/// A kernel network device name: 1..=15 bytes, no '/', no whitespace, not "." or "..".
+/// A kernel network device name: 1..=15 bytes, not "." or "..", none of '/', ':',
+/// whitespace or control characters (the kernel's rules), and none of '*' (an nft
+/// wildcard: `"eth*"` would match every `eth` device), '"' and '\\' (they end or
+/// escape an nft string), nor invisible formatting characters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IfName(String);
 
@@ -29,7 +34,7 @@ impl IfName {
         if s == "." || s == ".." {
             return Err("`.` and `..` are not device names".into());
         }
-        if let Some(c) = s.chars().find(|c| *c == '/' || c.is_whitespace() || c.is_control() || *c == '"' || *c == ':') {
+        if let Some(c) = s.chars().find(|c| matches!(c, '/' | ':' | '"' | '\\' | '*') || c.is_whitespace() || !is_printable(*c)) {
             return Err(format!("may not contain {c:?}"));
         }
         Ok(IfName(s.to_string()))
@@ -37,6 +42,13 @@ impl IfName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A character that shows as itself on a terminal: not a control character and
+/// not an invisible formatting one (zero-width, bidirectional overrides, BOM),
+/// which could make text read differently from what it is.
+pub fn is_printable(c: char) -> bool {
+    !c.is_control() && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}' | '\u{ad}')
 }
 
 impl std::fmt::Display for IfName {

@@ -4,7 +4,7 @@
 //! error, and every diagnostic found (independent errors are all reported).
 //! Must not: do I/O, read the clock, or stop at the first error.
 
-use super::addr::{parse_net, AddrSet, Net, NetError};
+use super::addr::{looks_like_address, parse_addr, parse_net, AddrSet, Net, NetError};
 use super::services::{builtin, Proto, ServiceSet, BUILTIN_NAMES};
 use super::*;
 use crate::diag::{suggest, Diagnostic, Span};
@@ -12,6 +12,18 @@ use crate::policy::raw::*;
 use std::collections::{BTreeMap, HashMap};
 
 const RESERVED: [&str; 2] = ["self", "any"];
+
+/// WireGuard's port when a VPN gives no `listen_port`.
+const DEFAULT_LISTEN_PORT: u16 = 51820;
+
+/// One routed allowed IP of a peer, for the checks across tunnels.
+struct RoutedPeer {
+    vpn: usize,
+    peer: String,
+    vpn_zone: Option<ZoneId>,
+    addrs: AddrSet,
+    span: Span,
+}
 
 pub fn resolve(raw: &RawPolicy, today: Date, diags: &mut Vec<Diagnostic>) -> Option<Policy> {
     let before = diags.iter().filter(|d| d.is_error()).count();
@@ -75,7 +87,20 @@ fn net_error(what: &str, s: &Sp<String>, e: NetError) -> Diagnostic {
         NetError::PrefixTooLong(max) => Diagnostic::error("invalid-address", format!("prefix length of `{}` exceeds {max}", s.v)).at(s.span, "prefix too long"),
         NetError::HostBits(fixed) => Diagnostic::error("invalid-address", format!("`{}` has host bits set", s.v))
             .at(s.span, format!("did you mean `{fixed}`?")),
+        NetError::Mapped(v4) => Diagnostic::error("invalid-address", format!("`{}` is an IPv4-mapped IPv6 address", s.v))
+            .at(s.span, format!("write the IPv4 form `{v4}`"))
+            .note("IPv4 packets never carry a mapped address, so it would never match"),
     }
+}
+
+/// Refuse a name that reads as an address or CIDR: it would shadow the address it
+/// spells (`to = "198.51.100.7"` would mean the named thing, not that address).
+fn address_like_name(what: &str, name: &Sp<String>) -> Option<Diagnostic> {
+    looks_like_address(&name.v).then(|| {
+        Diagnostic::error("invalid-name", format!("{what} `{}` reads as an address", name.v))
+            .at(name.span, "a name may not be an address or CIDR")
+            .note("a reference that parses as an address means that address; choose a name with a letter in it")
+    })
 }
 
 impl Resolver<'_> {
@@ -95,7 +120,7 @@ impl Resolver<'_> {
         let fw = &self.raw.firewall;
         let name = fw.name.as_ref().map(|n| n.v.clone()).unwrap_or_else(|| "firewall".into());
         if let Some(n) = &fw.name {
-            if n.v.is_empty() || n.v.chars().any(crate::text::is_terminal_dangerous) {
+            if n.v.is_empty() || n.v.chars().any(|c| !is_printable(c) || crate::text::is_terminal_dangerous(c)) {
                 self.diags.push(Diagnostic::error("invalid-value", "firewall name must be non-empty printable text").at(n.span, "here"));
             }
         }
@@ -127,6 +152,10 @@ impl Resolver<'_> {
         }
         if !valid_name(&name.v) {
             self.err(Diagnostic::error("invalid-name", format!("`{}` is not a valid name", name.v)).at(name.span, "names use letters, digits, '-', '_' and '.'"));
+            return false;
+        }
+        if let Some(d) = address_like_name("name", name) {
+            self.err(d);
             return false;
         }
         if let Some((_, first)) = self.names.get(&name.v) {
@@ -204,6 +233,10 @@ impl Resolver<'_> {
                 continue;
             }
             self.iface_spans.insert(i.name.v.clone(), i.name.span);
+            // Reported, but the interface is still read (its device, its zone).
+            if let Some(d) = other_name_error("interface", &i.name) {
+                self.err(d);
+            }
             let owner = format!("interface `{}`", i.name.v);
             let Some(dev) = &i.device else {
                 self.err(Diagnostic::error("missing-key", format!("{owner} has no `device`")).at(i.name.span, "add device = \"eth0\" (the kernel name)"));
@@ -225,6 +258,10 @@ impl Resolver<'_> {
             if builtin(&s.name.v).is_some() {
                 self.err(Diagnostic::error("builtin-redefined", format!("`{}` is a built-in service and cannot be redefined", s.name.v)).at(s.name.span, "choose another name"));
                 continue;
+            }
+            // Reported, but still defined: rules using it get no second error.
+            if let Some(d) = other_name_error("service", &s.name) {
+                self.err(d);
             }
             if let Some((_, first)) = self.services.get(&s.name.v) {
                 let first = *first;
@@ -261,8 +298,9 @@ impl Resolver<'_> {
                 self.err(Diagnostic::error("invalid-address", format!("host `{}` has no address", h.name.v)).at(h.name.span, "add an address"));
             }
             for a in &h.addrs {
-                match a.v.parse::<IpAddr>() {
+                match parse_addr(&a.v) {
                     Ok(ip) => set.add_net(&Net::addr(ip)),
+                    Err(NetError::Mapped(v4)) => self.err(net_error("address", a, NetError::Mapped(v4))),
                     Err(_) => {
                         let d = match parse_net(&a.v) {
                             Ok(_) => Diagnostic::error("invalid-address", format!("host `{}` must be an address, not the network `{}`", h.name.v, a.v))
@@ -489,11 +527,14 @@ impl Resolver<'_> {
                 continue;
             }
             seen.insert(name.v.clone(), name.span);
-            // Control characters include the bidirectional overrides: a name is shown
-            // in terminals (plan, explain) and kernel comments.
-            if name.v.is_empty() || name.v.chars().any(|c| crate::text::is_terminal_dangerous(c) || c == '"' || c == '\\') {
-                self.err(Diagnostic::error("invalid-name", format!("rule name `{}` may not be empty or contain quotes, backslashes or control characters", name.v)).at(name.span, "invalid rule name"));
+            if let Some(d) = rule_name_error(name) {
+                self.err(d);
                 continue;
+            }
+            for t in [&rr.comment, &rr.owner].into_iter().flatten() {
+                if let Some(c) = t.v.chars().find(|c| !is_printable(*c)) {
+                    self.err(Diagnostic::error("invalid-value", format!("rule `{}`: text may not contain {c:?}", name.v)).at(t.span, "control or invisible character"));
+                }
             }
             let (action, svc_refs) = match (&rr.allow, &rr.deny) {
                 (Some(a), None) => (Action::Allow, a),
@@ -603,8 +644,12 @@ impl Resolver<'_> {
                     None
                 }
             };
-            let destination = f.destination.as_ref().and_then(|d| match d.v.parse::<IpAddr>() {
+            let destination = f.destination.as_ref().and_then(|d| match parse_addr(&d.v) {
                 Ok(a) => Some(a),
+                Err(NetError::Mapped(v4)) => {
+                    self.err(net_error("address", d, NetError::Mapped(v4)));
+                    None
+                }
                 Err(_) => {
                     self.err(Diagnostic::error("invalid-address", format!("`{}` is not an address", d.v)).at(d.span, "expected one address"));
                     None
@@ -656,8 +701,12 @@ impl Resolver<'_> {
                             self.err(Diagnostic::error("wrong-kind", format!("{owner}: `to` must be a host or an address; `{}` is not a host", t.v)).at(t.span, "expected a host"));
                             None
                         }
-                        None => match t.v.parse::<IpAddr>() {
+                        None => match parse_addr(&t.v) {
                             Ok(a) => Some(vec![a]),
+                            Err(NetError::Mapped(v4)) => {
+                                self.err(net_error("address", t, NetError::Mapped(v4)));
+                                None
+                            }
                             Err(_) => {
                                 let hosts = self.names.iter().filter(|(_, (n, _))| matches!(n, Named::Host(_))).map(|(k, _)| k.as_str());
                                 let label = match suggest(&t.v, hosts) {
@@ -714,8 +763,12 @@ impl Resolver<'_> {
                     self.err(Diagnostic::error("missing-key", "an snat rule has no `to`").at(span, "add to = \"203.0.113.10\""));
                     continue;
                 }
-                (_, Some(t)) => match t.v.parse::<IpAddr>() {
+                (_, Some(t)) => match parse_addr(&t.v) {
                     Ok(a) => Some(a),
+                    Err(NetError::Mapped(v4)) => {
+                        self.err(net_error("address", t, NetError::Mapped(v4)));
+                        continue;
+                    }
                     Err(_) => {
                         self.err(Diagnostic::error("invalid-address", format!("`{}` is not an address", t.v)).at(t.span, "expected one address"));
                         continue;
@@ -733,11 +786,21 @@ impl Resolver<'_> {
     fn vpns(&mut self) -> Vec<Vpn> {
         let raw = self.raw;
         let mut out = vec![];
-        let mut seen_ports: HashMap<i64, (String, Span)> = HashMap::new();
-        for v in &raw.vpns {
+        // Checked across tunnels, not only inside one: the UDP port each listens on
+        // (explicit or the default), peers' public keys, peers' routed allowed IPs.
+        let mut seen_ports: HashMap<u16, (String, Span, bool)> = HashMap::new();
+        let mut peer_keys: HashMap<[u8; 32], (String, Span)> = HashMap::new();
+        let mut routed: Vec<RoutedPeer> = vec![];
+        for (vi, v) in raw.vpns.iter().enumerate() {
             let owner = format!("vpn `{}`", v.name.v);
-            // A VPN with a bad zone is still read to the end, so that its peers are
-            // declared and rules naming them do not report a second, false error.
+            // A VPN with a bad value is still read to the end: its other errors are
+            // reported and its peers declared, so that rules naming them do not
+            // report a second, false error. Only a VPN without any error is kept.
+            let mut ok = true;
+            if let Some(d) = other_name_error("vpn", &v.name) {
+                self.err(d);
+                ok = false;
+            }
             let zone = match &v.zone {
                 Some(z) => self.zone_ref(z, &owner),
                 None => {
@@ -748,27 +811,35 @@ impl Resolver<'_> {
             let iface = zone.and_then(|zone| self.add_iface(&v.name.v, &v.name, zone, true));
             let listen_port = match &v.listen_port {
                 Some(p) => match u16::try_from(p.v) {
-                    Ok(x) if x > 0 => {
-                        if let Some((other, first)) = seen_ports.get(&p.v) {
-                            let (other, first) = (other.clone(), *first);
-                            self.err(Diagnostic::error("duplicate", format!("listen_port {} is used by vpn `{other}` too", p.v)).at(p.span, "port already used").also(first, "first used here"));
-                        } else {
-                            seen_ports.insert(p.v, (v.name.v.clone(), p.span));
-                        }
-                        x
-                    }
+                    Ok(x) if x > 0 => Some((x, p.span, true)),
                     _ => {
                         self.err(Diagnostic::error("invalid-port", format!("listen_port {} is out of range", p.v)).at(p.span, "ports are 1..=65535"));
-                        continue;
+                        ok = false;
+                        None
                     }
                 },
-                None => 51820,
+                None => Some((DEFAULT_LISTEN_PORT, v.name.span, false)),
             };
+            if let Some((port, span, explicit)) = listen_port {
+                match seen_ports.get(&port) {
+                    Some((other, first, first_explicit)) => {
+                        let label = if explicit { "port already used".to_string() } else { format!("no listen_port: listens on the default {port}") };
+                        let first_label = if *first_explicit { "first used here".to_string() } else { format!("first used here (the default {port})") };
+                        self.err(Diagnostic::error("duplicate", format!("listen_port {port} is used by vpn `{other}` too")).at(span, label).also(*first, first_label));
+                    }
+                    None => {
+                        seen_ports.insert(port, (v.name.v.clone(), span, explicit));
+                    }
+                }
+            }
             let mut addresses = vec![];
             for a in &v.addresses {
                 match parse_if_addr(&a.v) {
                     Some(x) => addresses.push(x),
-                    None => self.err(Diagnostic::error("invalid-address", format!("`{}` is not an interface address", a.v)).at(a.span, "expected ADDRESS/PREFIX, e.g. 10.200.0.1/24")),
+                    None => {
+                        ok = false;
+                        self.err(Diagnostic::error("invalid-address", format!("`{}` is not an interface address", a.v)).at(a.span, "expected ADDRESS/PREFIX, e.g. 10.200.0.1/24"));
+                    }
                 }
             }
             let mtu = v.mtu.as_ref().and_then(|m| match u16::try_from(m.v) {
@@ -778,33 +849,46 @@ impl Resolver<'_> {
                     None
                 }
             });
-            let Some(pk) = &v.private_key_file else {
-                self.err(Diagnostic::error("missing-key", format!("{owner} has no `private_key_file`")).at(v.name.span, "add private_key_file = \"/etc/fwctl/keys/NAME.key\""));
-                continue;
-            };
+            match &v.private_key_file {
+                None => {
+                    self.err(Diagnostic::error("missing-key", format!("{owner} has no `private_key_file`")).at(v.name.span, "add private_key_file = \"/etc/fwctl/keys/NAME.key\""));
+                    ok = false;
+                }
+                Some(pk) => {
+                    if let Some(d) = key_path_error("private_key_file", pk) {
+                        self.err(d);
+                        ok = false;
+                    }
+                }
+            }
             let mut peers = vec![];
-            let mut peer_keys: HashMap<[u8; 32], Span> = HashMap::new();
             for p in &v.peers {
                 let Some(pname) = &p.name else {
                     self.err(Diagnostic::error("missing-key", "a peer has no `name`").at(p.span, "add name = \"...\""));
+                    ok = false;
                     continue;
                 };
+                let mut peer_ok = true;
                 let full = Sp::new(format!("{}.{}", v.name.v, pname.v), pname.span);
                 let key = match &p.public_key {
                     None => {
                         self.err(Diagnostic::error("missing-key", format!("peer `{}` has no `public_key`", full.v)).at(pname.span, "add public_key = \"...\""));
-                        continue;
+                        None
                     }
                     Some(k) => match crate::util::base64_decode(&k.v).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
                         Some(b) => {
-                            if let Some(first) = peer_keys.insert(b, k.span) {
-                                self.err(Diagnostic::error("duplicate", format!("peer `{}` reuses another peer's public key", full.v)).at(k.span, "same key again").also(first, "first used here"));
+                            if let Some((other, first)) = peer_keys.get(&b) {
+                                let msg = format!("peer `{}` reuses the public key of peer `{other}`", full.v);
+                                let first = *first;
+                                self.err(Diagnostic::error("duplicate", msg).at(k.span, "same key again").also(first, "first used here"));
+                            } else {
+                                peer_keys.insert(b, (full.v.clone(), k.span));
                             }
-                            PublicKey(b)
+                            Some(PublicKey(b))
                         }
                         None => {
                             self.err(Diagnostic::error("invalid-key", format!("public_key of peer `{}` is not a WireGuard key", full.v)).at(k.span, "expected 44 characters of base64 (32 bytes)"));
-                            continue;
+                            None
                         }
                     },
                 };
@@ -815,15 +899,25 @@ impl Resolver<'_> {
                         Ok(n) => {
                             set.add_net(&n);
                             allowed.push(n);
+                            if !matches!(n, Net::V4(_, 0) | Net::V6(_, 0)) {
+                                let mut one = AddrSet::empty();
+                                one.add_net(&n);
+                                routed.push(RoutedPeer { vpn: vi, peer: full.v.clone(), vpn_zone: zone, addrs: one, span: a.span });
+                            }
                         }
-                        Err(e) => self.err(net_error("allowed IP", a, e)),
+                        Err(e) => {
+                            peer_ok = false;
+                            self.err(net_error("allowed IP", a, e));
+                        }
                     }
                 }
                 if p.allowed_ips.is_empty() {
+                    peer_ok = false;
                     self.err(Diagnostic::error("missing-key", format!("peer `{}` has no `allowed_ips`", full.v)).at(pname.span, "add allowed_ips = [\"10.200.0.2/32\"]"));
                 }
                 if let Some(e) = &p.endpoint {
                     if !valid_endpoint(&e.v) {
+                        peer_ok = false;
                         self.err(Diagnostic::error("invalid-value", format!("endpoint `{}` is not HOST:PORT", e.v)).at(e.span, "expected e.g. 198.51.100.7:51820 or [2001:db8::1]:51820"));
                     }
                 }
@@ -834,7 +928,17 @@ impl Resolver<'_> {
                         None
                     }
                 });
+                if let Some(psk) = &p.preshared_key_file {
+                    if let Some(d) = key_path_error("preshared_key_file", psk) {
+                        peer_ok = false;
+                        self.err(d);
+                    }
+                }
                 self.declare(&full, Named::Peer(set, zone));
+                let Some(key) = key.filter(|_| peer_ok) else {
+                    ok = false;
+                    continue;
+                };
                 peers.push(Peer {
                     name: pname.v.clone(),
                     span: p.span,
@@ -855,9 +959,9 @@ impl Resolver<'_> {
                     }
                 }
             }
-            let (Some(zone), Some(iface)) = (zone, iface) else { continue };
+            let (true, Some(zone), Some(iface), Some((listen_port, _, _)), Some(pk)) = (ok, zone, iface, listen_port, &v.private_key_file) else { continue };
             out.push(Vpn {
-                name: IfName::new(&v.name.v).expect("validated by add_iface"),
+                name: self.ifaces[iface].device.clone(),
                 span: v.name.span,
                 zone,
                 iface,
@@ -868,7 +972,34 @@ impl Resolver<'_> {
                 peers,
             });
         }
+        self.routed_overlaps(&routed);
         out
+    }
+
+    /// Each allowed IP of a peer becomes a route into its tunnel (default routes
+    /// excepted: they are not routed). Such a route must not take another tunnel's
+    /// peer, nor cover a network of a zone reached through another interface: the
+    /// appliance would send that zone's traffic into this tunnel. (A peer address
+    /// strictly inside a zone's network is allowed: the zone then declares more
+    /// addresses than it uses, and the firewall drops that address arriving on the
+    /// zone's interface as spoofed.)
+    fn routed_overlaps(&mut self, routed: &[RoutedPeer]) {
+        for (j, b) in routed.iter().enumerate() {
+            if let Some(a) = routed[..j].iter().find(|a| a.vpn != b.vpn && !a.addrs.intersect(&b.addrs).is_empty()) {
+                let msg = format!("allowed_ips of peer `{}` overlap those of peer `{}` of another tunnel", b.peer, a.peer);
+                self.err(Diagnostic::error("overlap", msg).at(b.span, "overlaps").also(a.span, "with this allowed IP").note("each address can be routed into one tunnel only"));
+            }
+            let hit = self.zones.iter().enumerate().find(|(z, zone)| {
+                Some(*z) != b.vpn_zone
+                    && !zone.ifaces.is_empty()
+                    && zone.networks.as_ref().is_some_and(|n| covers_part_of(&b.addrs, n))
+            });
+            if let Some((_, zone)) = hit {
+                let msg = format!("allowed_ips of peer `{}` cover networks of zone `{}`", b.peer, zone.name);
+                let (name, span) = (zone.name.clone(), zone.span);
+                self.err(Diagnostic::error("overlap", msg).at(b.span, "routed into the tunnel").also(span, format!("zone `{name}` is reached through its own interfaces")).note("the route would divert that zone's traffic into the tunnel"));
+            }
+        }
     }
 
     /// Every address the policy names: a "random internet address" must avoid them.
@@ -1106,20 +1237,97 @@ fn chain_text(names: &[&str]) -> String {
     format!("{} → … {left} more … → {}", names[..KEEP].join(" → "), names[names.len() - KEEP..].join(" → "))
 }
 
+/// A rule name reaches nft (log prefixes, set comments), reports and terminals:
+/// printable text without `"` or `\\` (they end or escape an nft string) nor `$`
+/// (nft expands `$NAME` inside a log prefix, so `check` would pass and the kernel
+/// refuse).
+fn rule_name_error(name: &Sp<String>) -> Option<Diagnostic> {
+    let bad = name.v.chars().find(|c| matches!(c, '"' | '\\' | '$') || !is_printable(*c));
+    if !name.v.is_empty() && name.v.trim() == name.v && bad.is_none() {
+        return None;
+    }
+    let label = match bad {
+        Some('$') => "`$` would be expanded as an nft variable in the log prefix".to_string(),
+        Some(c) => format!("{c:?} is not allowed here"),
+        None => "empty, or with leading or trailing spaces".to_string(),
+    };
+    Some(Diagnostic::error("invalid-name", format!("rule name {:?} may not be empty or contain quotes, backslashes, `$` or control characters", name.v)).at(name.span, label))
+}
+
+/// Names outside the address namespace (interface keys, services, VPNs) follow the
+/// same rules as names inside it: the name charset, not `any`/`self`, and not
+/// something that reads as an address or a port number.
+fn other_name_error(what: &str, name: &Sp<String>) -> Option<Diagnostic> {
+    if RESERVED.contains(&name.v.as_str()) {
+        return Some(Diagnostic::error("reserved-name", format!("`{}` is a reserved name", name.v)).at(name.span, "reserved: choose another name"));
+    }
+    if !valid_name(&name.v) {
+        return Some(Diagnostic::error("invalid-name", format!("{what} name {:?} is not a valid name", name.v)).at(name.span, "names use letters, digits, '-', '_' and '.'"));
+    }
+    if what == "service" && name.v.contains(|c: char| c.is_ascii_digit()) && name.v.chars().all(|c| c.is_ascii_digit() || c == '-') {
+        return Some(Diagnostic::error("invalid-name", format!("service `{}` reads as a port", name.v)).at(name.span, "a service name may not be a port or port range"));
+    }
+    address_like_name(what, name)
+}
+
+/// Whether the prefix `p` (one range of one family) overlaps `nets` other than by
+/// lying strictly inside one of its ranges.
+fn covers_part_of(p: &AddrSet, nets: &AddrSet) -> bool {
+    fn one<T: addr::Point>(p: &addr::Ranges<T>, n: &addr::Ranges<T>) -> bool {
+        let Some(&(lo, hi)) = p.ranges().first() else { return false };
+        let hits: Vec<&(T, T)> = n.ranges().iter().filter(|&&(a, b)| a <= hi && lo <= b).collect();
+        match hits.as_slice() {
+            [] => false,
+            [&(a, b)] => !(a <= lo && hi <= b && (a, b) != (lo, hi)),
+            _ => true,
+        }
+    }
+    one(&p.v4, &nets.v4) || one(&p.v6, &nets.v6)
+}
+
+/// A key file path: absolute and normalised (no empty, `.` or `..` component, no
+/// trailing `/`), printable. The boot-time restore runs from another directory: a
+/// relative path would name another file there, and a new key would be created.
+fn key_path_error(key: &str, path: &Sp<String>) -> Option<Diagnostic> {
+    let p = path.v.as_str();
+    let problem = if p.is_empty() {
+        Some("empty")
+    } else if !p.starts_with('/') {
+        Some("relative: write the absolute path")
+    } else if p == "/" || p.ends_with('/') {
+        Some("a directory, not a file")
+    } else if p[1..].split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        Some("not normalised: no `//`, `.` or `..` components")
+    } else if p.chars().any(|c| !is_printable(c)) {
+        Some("control or invisible character")
+    } else if p.len() > 4095 {
+        Some("longer than PATH_MAX")
+    } else {
+        None
+    };
+    problem.map(|label| Diagnostic::error("invalid-path", format!("`{key}` must be an absolute, normalised file path, not {:?}", path.v)).at(path.span, label))
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.')
 }
 
 fn parse_port(p: &RawPort) -> Result<(u16, u16), String> {
     let one = |s: &str| -> Result<u16, String> {
-        match s.trim().parse::<i64>() {
+        if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("`{s}` is not a port number"));
+        }
+        match s.parse::<i64>() {
             Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
             Ok(n) => Err(format!("port {n} is out of range")),
             Err(_) => Err(format!("`{s}` is not a port number")),
         }
     };
     match p {
-        RawPort::Int(n) => one(&n.to_string()).map(|x| (x, x)),
+        RawPort::Int(n) => match u16::try_from(*n) {
+            Ok(x) if x > 0 => Ok((x, x)),
+            _ => Err(format!("port {n} is out of range")),
+        },
         RawPort::Str(s) => match s.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (one(a)?, one(b)?);
@@ -1135,26 +1343,34 @@ fn parse_port(p: &RawPort) -> Result<(u16, u16), String> {
 
 fn parse_if_addr(s: &str) -> Option<(IpAddr, u8)> {
     let (a, l) = s.split_once('/')?;
-    let ip: IpAddr = a.parse().ok()?;
+    let ip: IpAddr = parse_addr(a).ok()?;
+    if !l.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
     let len: u8 = l.parse().ok()?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     (len <= max).then_some((ip, len))
 }
 
-/// HOST:PORT as a WireGuard endpoint: an IP socket address, or a DNS name
-/// (letters, digits, '-', '.') and a port 1..65535. Nothing else (no spaces, no newlines).
+/// `ADDRESS:PORT`, `[IPv6]:PORT` or `HOSTNAME:PORT`; port 1..=65535 in digits, no
+/// IPv4-mapped address.
 pub(crate) fn valid_endpoint(s: &str) -> bool {
-    if s.parse::<std::net::SocketAddr>().is_ok() {
-        return true;
+    let Some((host, port)) = s.rsplit_once(':') else { return false };
+    if port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()) || !port.parse::<u16>().is_ok_and(|p| p > 0) {
+        return false;
     }
-    match s.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
-        }
-        None => false,
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return matches!(parse_addr(inner), Ok(IpAddr::V6(_)));
     }
+    if host.parse::<IpAddr>().is_ok() {
+        // An IPv6 address must be bracketed; an IPv4 one is fine as it is.
+        return matches!(parse_addr(host), Ok(IpAddr::V4(_)));
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with(['-', '.'])
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !looks_like_address(host)
 }
 
 /// Chooses concrete addresses for test and management endpoints.

@@ -493,12 +493,14 @@ impl Walker<'_> {
         let item = t.get(key)?;
         let vs = self.item_span(item, ks);
         let date = match item.as_value() {
-            Some(Value::Datetime(dt)) if dt.value().time.is_none() && dt.value().offset.is_none() => dt.value().date,
-            Some(Value::String(s)) => parse_date(s.value()),
+            Some(Value::Datetime(dt)) if dt.value().time.is_none() && dt.value().offset.is_none() => {
+                dt.value().date.and_then(|d| Date::new(d.year, d.month, d.day))
+            }
+            Some(Value::String(s)) => Date::parse(s.value()),
             _ => None,
         };
         match date {
-            Some(d) => Some(Sp::new(Date { year: d.year, month: d.month, day: d.day }, vs)),
+            Some(d) => Some(Sp::new(d, vs)),
             None => {
                 self.err(
                     Diagnostic::error("type", format!("`{key}` must be a date like 2027-06-30"))
@@ -639,16 +641,6 @@ impl Walker<'_> {
             }
         }
     }
-}
-
-fn parse_date(s: &str) -> Option<toml_edit::Date> {
-    let mut it = s.split('-');
-    let (y, m, d) = (it.next()?, it.next()?, it.next()?);
-    if it.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return None;
-    }
-    let (year, month, day) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    ((1..=12).contains(&month) && (1..=31).contains(&day)).then_some(toml_edit::Date { year, month, day })
 }
 
 #[cfg(test)]

@@ -33,6 +33,31 @@ pub struct Date {
     pub day: u8,
 }
 
+impl Date {
+    /// A real calendar day (proleptic Gregorian), years 1..=9999.
+    pub fn new(year: u16, month: u8, day: u8) -> Option<Date> {
+        let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+        let days = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        };
+        ((1..=9999).contains(&year) && (1..=days).contains(&day)).then_some(Date { year, month, day })
+    }
+
+    /// Exactly `YYYY-MM-DD` in ASCII digits, a real day.
+    pub fn parse(s: &str) -> Option<Date> {
+        let b = s.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) || !digits(5..7) || !digits(8..10) {
+            return None;
+        }
+        Date::new(s[0..4].parse().ok()?, s[5..7].parse().ok()?, s[8..10].parse().ok()?)
+    }
+}
+
 impl std::fmt::Display for Date {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:04}-{:02}-{:02}", self.year, self.month, self.day)
@@ -187,4 +212,18 @@ pub struct RawTest {
     /// Extension: pin the ingress / egress device (`in`, `out`).
     pub iif: Option<Sp<String>>,
     pub oif: Option<Sp<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Date;
+
+    #[test]
+    fn dates_are_real_calendar_days_in_plain_digits() {
+        assert_eq!(Date::parse("2026-01-02"), Some(Date { year: 2026, month: 1, day: 2 }));
+        assert!(Date::parse("2028-02-29").is_some());
+        for bad in ["2026-02-30", "2027-02-29", "2026-04-31", "+026-01-01", "2026-+1-01", "2026-1-01", "0000-01-01", "2026-13-01", "2026-00-10", " 2026-01-0", "２026-01-01"] {
+            assert_eq!(Date::parse(bad), None, "{bad}");
+        }
+    }
 }
