@@ -8,6 +8,8 @@ command -v wg >/dev/null || need+=(wireguard-tools)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v wireguard-go >/dev/null || need+=(wireguard-go)
 command -v cc >/dev/null || need+=(gcc)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v git >/dev/null || need+=(git)
 if ((${#need[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "deps: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
