@@ -63,7 +63,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Text from a policy, a flag or a file made safe to print on one line of a
 /// terminal: every control character (C0 including newline and tab, DEL, C1)
-/// is written as `\xNN`, so that nothing can move the cursor,
+/// is written as `\xNN`, a bidirectional control as `\u{NNNN}`
+/// ([`crate::text::is_terminal_dangerous`]), so that nothing can move the cursor, reorder,
 /// recolour, retitle the window or forge a line.
 pub fn escape_terminal(s: &str) -> std::borrow::Cow<'_, str> {
     escape_with(s, false)
@@ -75,15 +76,16 @@ pub fn escape_terminal_lines(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn escape_with(s: &str, keep_newline: bool) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| c.is_control() && !(keep_newline && c == '\n');
+    // The same characters the diagnostics escape (crate::text), bidi included.
+    let bad = |c: char| crate::text::is_terminal_dangerous(c) && !(keep_newline && c == '\n');
     if !s.chars().any(bad) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         match c {
-            // Control characters (Unicode category Cc) are all below U+0100.
-            c if bad(c) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if bad(c) && u32::from(c) < 0x100 => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
             c => out.push(c),
         }
     }
@@ -100,6 +102,8 @@ mod tests {
         assert_eq!(escape_terminal("ok\r#9 forged by root\x1b[2K"), "ok\\x0d#9 forged by root\\x1b[2K");
         assert_eq!(escape_terminal("a\nb\tc\u{7f}\u{9b}"), "a\\x0ab\\x09c\\x7f\\x9b");
         assert_eq!(escape_terminal_lines("line 1\nline\x1b2\n"), "line 1\nline\\x1b2\n");
+        // Bidirectional controls reorder what is shown (Trojan Source): escaped too.
+        assert_eq!(escape_terminal("web\u{202e}txt"), "web\\u{202e}txt");
         for s in ["\u{1b}]0;title\u{7}", "\r\n", "x\u{85}y"] {
             assert!(!escape_terminal(s).chars().any(|c| c.is_control()), "{s:?}");
         }
