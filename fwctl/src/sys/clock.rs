@@ -39,20 +39,7 @@ pub fn civil_date(days: i64) -> Date {
 /// A calendar date `YYYY-MM-DD` (pure): four-digit year, a month 1–12 and a
 /// day that exists in that month (2027-02-30 does not).
 pub fn parse_date(s: &str) -> Option<Date> {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !s.bytes().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit()) {
-        return None;
-    }
-    let (year, month, day) = (s[..4].parse::<u16>().ok()?, s[5..7].parse::<u8>().ok()?, s[8..].parse::<u8>().ok()?);
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
-    };
-    (1..=days).contains(&day).then_some(Date { year, month, day })
+    Date::parse(s)
 }
 
 /// `FWCTL_TODAY`, when set, must be a date (`fwctl` checks it before running any
