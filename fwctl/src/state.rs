@@ -185,13 +185,19 @@ impl State {
     }
 
     /// The newest generation whose audit record must exist: the newest one,
-    /// unless it is in flight (an apply holds the lock between writing a
-    /// generation and its record; a confirm window's generation may belong to
-    /// an apply that was killed, whose watchdog records it).
+    /// unless it is in flight. A confirm window's generation may belong to an
+    /// apply that was killed, whose watchdog records it: the one before it is
+    /// required. While another fwctl holds the lock, none is required: the holder
+    /// writes generations and records in steps (a watchdog creates its
+    /// `rollback-auto` generation, clears the window, then writes the record that
+    /// names both it and the killed apply's generation), and any of those steps
+    /// may be half done. The chain of the records present is still verified.
     pub fn settled_generation(&self) -> Option<u64> {
         let newest = *self.numbers().last()?;
-        let in_flight = self.busy() || self.pending().is_some_and(|p| p.generation == newest);
-        if in_flight { newest.checked_sub(1) } else { Some(newest) }
+        if self.busy() {
+            return None;
+        }
+        if self.pending().is_some_and(|p| p.generation == newest) { newest.checked_sub(1) } else { Some(newest) }
     }
 
     fn read_num(&self, name: &str) -> Option<u64> {
